@@ -1,0 +1,146 @@
+/* store.h — moptd storage: SQLite index + content-addressed blob store on disk.
+ *
+ * Layout under the data dir:
+ *   moptd.db (+ -wal, -shm)   SQLite in WAL mode, schema versioned by PRAGMA user_version
+ *   blobs/ab/abcdef…          blobs named by their SHA-256 hex, two-level fan-out
+ *   tmp/                      uploads and worker outputs in progress; swept on open
+ *
+ * Durability: a blob is written to tmp/, fsync'd, renamed into blobs/, and blobs/xx/ fsync'd
+ * before it is indexed; only then may the caller acknowledge it. A crash at any moment leaves
+ * either nothing visible or the complete blob.
+ *
+ * Threads: one store per process (thread-safe); SQLite connections are per thread
+ * (store_conn_get), each with its own prepared statements. This interface is the seam for a
+ * second backend (PostgreSQL + object store); nothing above it sees SQL or paths except
+ * store_blob_path (which a remote backend would serve via a local cache).
+ */
+#ifndef STORE_H
+#define STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt_error.h"
+
+typedef struct store store;
+typedef struct store_conn store_conn;
+
+/* Opens (creating when absent) the data dir, runs schema migrations, sweeps tmp/, re-queues
+ * jobs left 'running' by a crash (returns how many in *requeued, may be NULL).
+ * Fails with MOPT_EIO / MOPT_EINTERNAL and a diag if the schema is newer than this build. */
+int store_open(const char *data_dir, store **out, uint32_t *requeued, mopt_diag *diag);
+/* Closes every connection. NULL is a no-op. Not while other threads use the store. */
+void store_close(store *s);
+const char *store_data_dir(const store *s);
+
+/* The calling thread's connection (created on first use, closed by store_close). */
+store_conn *store_conn_get(store *s);
+
+/* ------------------------------------------------------------------- blobs ---- */
+typedef struct store_upload store_upload;
+
+/* Starts a temp file under tmp/. SHA-256 is computed as bytes are written. */
+int store_upload_begin(store *s, store_upload **out);
+int store_upload_write(store_upload *u, const void *data, size_t len);
+/* Ends writing: fsyncs the temp file, returns its digest (64 hex) and size. */
+int store_upload_finish(store_upload *u, char hex[65], uint64_t *size);
+/* Temp path of the upload (valid until publish/abort), for validation before publishing. */
+const char *store_upload_path(const store_upload *u);
+/* Renames the temp file to blobs/<hex> (or drops it when that blob exists), fsyncs the dir,
+ * frees u. *existed = 1 when the blob was already there. */
+int store_upload_publish(store_upload *u, int *existed);
+/* Unlinks the temp file and frees u. NULL is a no-op. */
+void store_upload_abort(store_upload *u);
+
+/* A fresh unique temp path under tmp/ (for worker outputs). */
+int store_tmp_path(store *s, const char *suffix, char *buf, size_t n);
+/* Hashes an existing file under tmp/ and publishes it as a blob (rename, fsync). */
+int store_blob_adopt(store *s, const char *tmp_path, char hex[65], uint64_t *size, int *existed);
+/* Path of blob hex into buf. Returns MOPT_ENOTFOUND if the file does not exist. */
+int store_blob_path(store *s, const char *hex, char *buf, size_t n);
+/* Unlinks a blob (after its index row is gone). */
+int store_blob_remove(store *s, const char *hex);
+/* Total bytes of indexed blobs (for metrics). */
+int store_bytes_total(store_conn *c, uint64_t *bytes);
+
+/* ------------------------------------------------------------------ models ---- */
+typedef struct store_model {
+  char id[72];               /* "sha256:<64 hex>" */
+  char name[128];
+  char version[64];
+  uint64_t size;
+  char format[16];           /* "onnx" */
+  int64_t ir_version;
+  char opsets[256];          /* JSON object text {"":13,"com.microsoft":1} */
+  uint64_t node_count, weight_count, param_count;
+  int64_t created;           /* unix ms */
+  char parent[72];           /* model id this was optimized from, "" if uploaded */
+  char job[40];              /* job that produced it, "" if uploaded */
+} store_model;
+
+/* Inserts m; *created = 0 and the existing row in *m when the id is already indexed. */
+int store_model_put(store_conn *c, store_model *m, int *created);
+int store_model_get(store_conn *c, const char *id, store_model *m);
+/* Lists models, newest first, optionally filtered by name (NULL = all). cursor is opaque
+ * ("" for the first page); next_cursor is filled ("" when no more). out has room for limit. */
+int store_model_list(store_conn *c, const char *name, const char *cursor, uint32_t limit,
+                     store_model *out, uint32_t *n, char next_cursor[64]);
+/* Deletes the row (and returns MOPT_ECONFLICT when a job or release refers to it). The caller
+ * removes the blob when no other row uses that digest. */
+int store_model_delete(store_conn *c, const char *id);
+
+/* -------------------------------------------------------------------- jobs ---- */
+typedef enum { STORE_JOB_QUEUED = 0, STORE_JOB_RUNNING = 1, STORE_JOB_SUCCEEDED = 2,
+               STORE_JOB_FAILED = 3, STORE_JOB_CANCELLED = 4 } store_job_state;
+const char *store_job_state_name(int state);   /* "queued", … */
+int store_job_state_parse(const char *name);   /* -1 when unknown */
+
+typedef struct store_job {
+  char id[40];               /* "job_<26 chars>" sortable by creation */
+  char key[72];              /* sha256 hex of model id + normalized spec + moptd version */
+  int state;
+  double progress;           /* 0..1 */
+  char step[64];
+  int64_t created, started, finished;   /* unix ms, 0 when not yet */
+  char model[72];
+  char *spec;                /* normalized spec JSON (owned; free with store_job_free) */
+  char output[72];           /* output model id, "" until succeeded */
+  char *report;              /* report JSON or NULL */
+  char *error;               /* {"code","message","detail"} JSON or NULL */
+  int cancel_requested;
+  uint32_t attempts;
+  uint64_t rev;              /* bumps on every change: the ETag and the long-poll token */
+} store_job;
+void store_job_free(store_job *j);   /* frees the owned strings, not j */
+
+/* Inserts a queued job. If a succeeded job with the same key exists, fills *j with it and sets
+ * *existing = 1 instead. Fails with MOPT_EBUSY when max_queued > 0 and that many are queued. */
+int store_job_create(store_conn *c, store_job *j, uint32_t max_queued, int *existing);
+int store_job_get(store_conn *c, const char *id, store_job *j);
+/* Only the rev (cheap, for long-poll wake-ups and ETag checks). */
+int store_job_rev(store_conn *c, const char *id, uint64_t *rev);
+/* Newest first; state < 0 and model NULL mean no filter. j[i] must be store_job_free'd. */
+int store_job_list(store_conn *c, int state, const char *model, const char *cursor,
+                   uint32_t limit, store_job *out, uint32_t *n, char next_cursor[64]);
+/* Oldest queued job → running (started = now, attempts+1); MOPT_ENOTFOUND when none. */
+int store_job_claim(store_conn *c, store_job *j);
+int store_job_progress(store_conn *c, const char *id, double progress, const char *step);
+/* Terminal transitions. succeed registers nothing by itself: the caller first put the output
+ * model. fail/cancel take error JSON (may be NULL). */
+int store_job_succeed(store_conn *c, const char *id, const char *output, const char *report);
+int store_job_fail(store_conn *c, const char *id, const char *error_json);
+/* Queued → cancelled at once (returns 0, *was_running = 0); running → cancel_requested = 1
+ * (*was_running = 1); terminal → MOPT_ECONFLICT. */
+int store_job_cancel(store_conn *c, const char *id, int *was_running);
+int store_job_cancelled(store_conn *c, const char *id);   /* running → cancelled */
+/* running → queued (shutdown / crash recovery). */
+int store_job_requeue(store_conn *c, const char *id);
+/* Counts by state (5 entries) for metrics. */
+int store_job_counts(store_conn *c, uint64_t counts[5]);
+
+/* ------------------------------------------------------------------ tokens ---- */
+/* Tokens live in a file (one "scope[,scope] sha256hex-of-token [label]" per line), loaded by
+ * the server; storage only hashes. */
+void store_token_hash(const char *token, char hex[65]);
+
+#endif
