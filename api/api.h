@@ -90,6 +90,7 @@ void api_error_diag(api_response *r, int err, const mopt_diag *d);
 typedef struct api_hooks {
   void (*jobs_submitted)(void *hctx);                  /* wake the scheduler */
   void (*job_cancel)(void *hctx, const char *job_id);  /* kill a running worker */
+  void (*job_changed)(void *hctx, const char *job_id); /* a job row changed: wake long-polls */
   /* Appends Prometheus text for server-owned metrics (requests, latency, workers) to a
    * malloc'd buffer; returns 0 or an error. */
   int (*metrics)(void *hctx, char **text, size_t *len);
@@ -138,6 +139,16 @@ extern const size_t api_routes_count;
 int api_route_find(api_method method, const char *path, const api_route **route,
                    const char **params, size_t *n_params, char *param_buf, size_t bufn,
                    char *allow, size_t allown);
+
+/* Validates the ONNX file at path with libmopt (limits from ctx), publishes it as a blob
+ * (path must be under the store's tmp/, it is renamed or removed) and indexes it as a model
+ * with the given name/version/parent/job (any may be NULL). Used by uploads (via the upload's
+ * temp file) and by the scheduler for job outputs. *created = 1 when the row is new.
+ * MOPT_EPARSE / MOPT_EMODEL / MOPT_ELIMIT with diag when the file is not a valid model; then
+ * nothing is kept and the temp file is removed. */
+int api_model_register_file(api_ctx *ctx, const char *path, const char *name,
+                            const char *version, const char *parent, const char *job,
+                            store_model *out, int *created, mopt_diag *diag);
 
 /* Tokens file: lines "scope[,scope] <sha256-hex-of-token> [label]"; '#' comments. */
 int api_auth_load(const char *path, api_auth **out, mopt_diag *diag);
