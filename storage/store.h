@@ -114,7 +114,11 @@ typedef struct store_job {
 void store_job_free(store_job *j);   /* frees the owned strings, not j */
 
 /* Inserts a queued job. If a succeeded job with the same key exists, fills *j with it and sets
- * *existing = 1 instead. Fails with MOPT_EBUSY when max_queued > 0 and that many are queued. */
+ * *existing = 1 instead. Fails with MOPT_EBUSY when max_queued > 0 and that many are queued.
+ * j->id "" = generate one (contracts.md); j->key "" = no dedup; MOPT_ENOTFOUND when j->model
+ * is not indexed. Ownership: on a new job j keeps the caller's j->spec (store_job_free frees
+ * it); with *existing = 1 every field of *j is overwritten by the stored job (fresh strings),
+ * so the caller must keep its own pointer to the spec it passed and free it itself. */
 int store_job_create(store_conn *c, store_job *j, uint32_t max_queued, int *existing);
 int store_job_get(store_conn *c, const char *id, store_job *j);
 /* Only the rev (cheap, for long-poll wake-ups and ETag checks). */
