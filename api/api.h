@@ -51,6 +51,10 @@ typedef struct api_request {
   uint64_t upload_size;
   uint32_t scopes;                         /* scopes of the caller's token */
   const char *request_id;
+  /* Long-poll re-invocation: 0 on the first call. When the adapter calls the handler again
+   * after a wait (the job changed or the deadline passed) it sets this to the
+   * wait_deadline_ms the handler asked for, so the handler answers instead of waiting again. */
+  int64_t waited_deadline_ms;
 } api_request;
 
 typedef struct api_header { char name[48]; char value[256]; } api_header;
