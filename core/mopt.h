@@ -94,6 +94,16 @@ typedef struct mopt_model_info {
 } mopt_model_info;
 int mopt_model_info_get(const mopt_model *m, mopt_model_info *info);
 
+/* Validates serialized model bytes WITHOUT loading them: a streaming walk of the protobuf wire
+ * format with bounded memory (names only; tensor payloads are skipped), explicit nesting
+ * limits, dims/data-size/dtype/external-data checks, and graph checks (every input defined,
+ * each value produced once, no cycles). Fills info (may be NULL). The daemon uses the _file form
+ * for uploads so memory does not grow with model size. Same return codes as mopt_model_load. */
+int mopt_model_scan(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                    mopt_model_info *info, mopt_diag *diag);
+int mopt_model_scan_file(const char *path, const mopt_load_limits *lim, mopt_model_info *info,
+                         mopt_diag *diag);
+
 /* Op type histogram for inspect: calls fn(op_type, count, ctx) once per distinct op type. */
 void mopt_model_op_counts(const mopt_model *m,
                           void (*fn)(const char *op_type, uint64_t count, void *ctx), void *ctx);
