@@ -1,0 +1,70 @@
+/* model_int.h — internals of libmopt's model layer shared by onnx_io.c, weights.c and encode.c.
+ *
+ * A mopt_model wraps the protobuf-c ModelProto tree. Every message in the tree is allocated with
+ * malloc (protobuf-c's default allocator), so nodes and tensors created by the encoders can be
+ * linked into the tree and the whole tree freed by protobuf_c_message_free_unpacked().
+ * Other modules should use mopt.h only; this header is for core/ files that edit the graph.
+ */
+#ifndef MOPT_MODEL_INT_H
+#define MOPT_MODEL_INT_H
+
+#include "mopt.h"
+#include "onnx.pb-c.h"
+
+/* How a listed weight is currently stored (set by the encoders). */
+typedef enum {
+  MOPT_WENC_PLAIN = 0, MOPT_WENC_DENSE, MOPT_WENC_F16, MOPT_WENC_QUANT, MOPT_WENC_LUT,
+  MOPT_WENC_LOWRANK
+} mopt_wenc;
+
+/* Internal twin of one mopt_weight. */
+typedef struct mopt_wrec {
+  Onnx__GraphProto *graph;     /* graph that owns the initializer / Constant node */
+  Onnx__TensorProto *tensor;   /* the stored tensor while plain/dense; NULL once re-encoded */
+  Onnx__NodeProto *node;       /* the Constant node (loc CONSTANT), NULL for initializers */
+  Onnx__NodeProto *consumer;   /* consumer node found by the listing (may be NULL) */
+  mopt_wenc enc;
+} mopt_wrec;
+
+struct mopt_model {
+  Onnx__ModelProto *pb;
+  int64_t opset;               /* default-domain opset version, 0 if absent */
+  /* weight list, built on first mopt_model_weights() call and kept stable afterwards */
+  int listed;
+  mopt_weight *w;
+  mopt_wrec *wr;
+  size_t nw;
+  char **strs;                 /* strings owned by the list (names, graph paths) */
+  size_t nstrs, capstrs;
+};
+
+/* ---- tensor helpers (weights.c) ---- */
+/* Element count of a tensor from its dims; -1 on negative dims or overflow. */
+int64_t mopt_int_tensor_nelem(const Onnx__TensorProto *t);
+/* Decodes any numeric tensor (raw_data little-endian or typed fields) to n floats. */
+int mopt_int_tensor_to_f32(const Onnx__TensorProto *t, float *out, uint64_t n, mopt_diag *diag);
+/* Decodes an integer tensor (int8..int64, uint*, bool, int4/uint4) to n int64 values. */
+int mopt_int_tensor_to_i64(const Onnx__TensorProto *t, int64_t *out, uint64_t n, mopt_diag *diag);
+/* Finds the value attribute "name" of a node, NULL if absent. */
+Onnx__AttributeProto *mopt_int_node_attr(const Onnx__NodeProto *n, const char *name);
+/* Keeps s alive as long as the model (takes ownership of a malloc'd string); NULL on ENOMEM. */
+char *mopt_int_own(mopt_model *m, char *s);
+
+/* ---- string set with scope chain (onnx_io.c) ---- */
+typedef struct mopt_nameset {
+  const char **slots;
+  size_t cap, count;
+  const struct mopt_nameset *parent;
+} mopt_nameset;
+int mopt_nameset_init(mopt_nameset *s, const mopt_nameset *parent);
+void mopt_nameset_free(mopt_nameset *s);
+/* Adds (pointer kept, not copied); 0 or MOPT_ENOMEM. */
+int mopt_nameset_add(mopt_nameset *s, const char *name);
+/* 1 if present in s or any parent. */
+int mopt_nameset_has(const mopt_nameset *s, const char *name);
+
+/* ---- encoders (encode.c) ---- */
+/* Decodes an encoded weight by evaluating the rebuild nodes the encoder wrote. */
+int mopt_int_eval_encoded(const mopt_model *m, const mopt_weight *w, float *out, mopt_diag *diag);
+
+#endif
