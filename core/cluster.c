@@ -1,0 +1,330 @@
+/* cluster.c — 1-D k-means (weight sharing / palettization) on sorted data with prefix sums.
+ *
+ * The data is sorted once (radix sort) and reduced to distinct values with counts; prefix sums
+ * of count, sum and sum of squares make every segment's mean and cost O(1). Because centroids in
+ * 1-D partition the sorted data into contiguous runs split at midpoints, one Lloyd iteration is
+ * k binary searches (O(k log n)), and kmeans++ D^2 sampling is a walk over k segments plus one
+ * binary search. Trade-off: 3 doubles of prefix sums per distinct value (memory) for speed that
+ * no longer depends on n inside the loop; precision of segment costs is that of double sums.
+ */
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mopt.h"
+
+void mopt_km_data_free(mopt_km_data *d) {
+  free(d->v);
+  free(d->c0);
+  free(d->c1);
+  free(d->c2);
+  memset(d, 0, sizeof *d);
+}
+
+int mopt_km_data_init(mopt_km_data *d, const float *x, size_t n, size_t stride, int skip_zeros) {
+  memset(d, 0, sizeof *d);
+  float *a = malloc((n ? n : 1) * sizeof *a), *t = malloc((n ? n : 1) * sizeof *t);
+  if (!a || !t) { free(a); free(t); return MOPT_ENOMEM; }
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i * stride];
+    if (v != v) continue;                         /* NaN carries no distance */
+    if (skip_zeros && v == 0.0f) continue;
+    a[m++] = v == 0.0f ? 0.0f : v;
+  }
+  mopt_sort_floats(a, m, t);
+  free(t);
+  size_t u = 0;
+  for (size_t i = 0; i < m; i++) u += (i == 0 || a[i] != a[i - 1]);
+  d->v = malloc((u ? u : 1) * sizeof *d->v);
+  d->c0 = malloc((u + 1) * sizeof(double));
+  d->c1 = malloc((u + 1) * sizeof(double));
+  d->c2 = malloc((u + 1) * sizeof(double));
+  if (!d->v || !d->c0 || !d->c1 || !d->c2) { free(a); mopt_km_data_free(d); return MOPT_ENOMEM; }
+  d->c0[0] = d->c1[0] = d->c2[0] = 0.0;
+  size_t j = 0;
+  for (size_t i = 0; i < m;) {
+    size_t e = i;
+    while (e < m && a[e] == a[i]) e++;
+    double c = (double)(e - i), v = a[i];
+    d->v[j] = a[i];
+    d->c0[j + 1] = d->c0[j] + c;
+    d->c1[j + 1] = d->c1[j] + c * v;
+    d->c2[j + 1] = d->c2[j] + c * v * v;
+    j++;
+    i = e;
+  }
+  d->n = u;
+  d->total = m;
+  free(a);
+  return 0;
+}
+
+/* Squared-distance cost of distinct values [lo, hi) to centre c. */
+static double seg_cost(const mopt_km_data *d, size_t lo, size_t hi, double c) {
+  if (hi <= lo) return 0.0;
+  double s0 = d->c0[hi] - d->c0[lo], s1 = d->c1[hi] - d->c1[lo], s2 = d->c2[hi] - d->c2[lo];
+  double r = s2 - 2.0 * c * s1 + c * c * s0;
+  return r > 0.0 ? r : 0.0;
+}
+
+/* First index in [0, n) whose value is > t (values ascending). */
+static size_t upper_bound_v(const mopt_km_data *d, double t) {
+  size_t lo = 0, hi = d->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if ((double)d->v[mid] <= t) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+/* Boundaries b[0..k] of the nearest-centre partition for ascending centres (tie → lower). */
+static void bounds_of(const mopt_km_data *d, const float *cent, size_t k, size_t *b) {
+  b[0] = 0;
+  for (size_t j = 0; j + 1 < k; j++) {
+    double mid = ((double)cent[j] + (double)cent[j + 1]) * 0.5;
+    size_t ub = upper_bound_v(d, mid);
+    b[j + 1] = ub < b[j] ? b[j] : ub;
+  }
+  b[k] = d->n;
+}
+
+static double potential(const mopt_km_data *d, const float *cent, size_t k, size_t *b) {
+  bounds_of(d, cent, k, b);
+  double p = 0.0;
+  for (size_t j = 0; j < k; j++) p += seg_cost(d, b[j], b[j + 1], cent[j]);
+  return p;
+}
+
+/* Element rank (0..total) → distinct index holding it. */
+static size_t index_of_rank(const mopt_km_data *d, double r) {
+  size_t lo = 0, hi = d->n;                  /* first j with c0[j + 1] > r */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (d->c0[mid + 1] <= r) lo = mid + 1; else hi = mid;
+  }
+  return lo < d->n ? lo : d->n - 1;
+}
+
+/* D^2 sample: the distinct index where the cumulative cost passes target. */
+static size_t sample_d2(const mopt_km_data *d, const float *cent, size_t k, const size_t *b,
+                        double target) {
+  double cum = 0.0;
+  for (size_t j = 0; j < k; j++) {
+    double c = seg_cost(d, b[j], b[j + 1], cent[j]);
+    if (cum + c > target && b[j + 1] > b[j]) {
+      double rem = target - cum;
+      size_t lo = b[j], hi = b[j + 1] - 1;     /* smallest t with cost(b[j], t + 1) > rem */
+      while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (seg_cost(d, b[j], mid + 1, cent[j]) > rem) hi = mid; else lo = mid + 1;
+      }
+      return lo;
+    }
+    cum += c;
+  }
+  return d->n - 1;
+}
+
+static void insert_sorted(float *cent, size_t *m, float v) {
+  size_t i = *m;
+  while (i > 0 && cent[i - 1] > v) { cent[i] = cent[i - 1]; i--; }
+  cent[i] = v;
+  (*m)++;
+}
+
+static int has_value(const float *cent, size_t m, float v) {
+  for (size_t i = 0; i < m; i++)
+    if (cent[i] == v) return 1;
+  return 0;
+}
+
+/* Adds D^2-sampled centres (greedy: best of 2 + ln k candidates, as kmeans++ usually does)
+ * until m == k or every value is a centre. */
+static int fill_kmeanspp(const mopt_km_data *d, size_t k, uint64_t *rng, float *cent, size_t *m) {
+  size_t *b = malloc((k + 2) * sizeof *b);
+  float *tmp = malloc((k + 1) * sizeof *tmp);
+  if (!b || !tmp) { free(b); free(tmp); return MOPT_ENOMEM; }
+  int trials = 2 + (int)log((double)k);
+  while (*m < k) {
+    double pot = potential(d, cent, *m, b);
+    if (!(pot > 0.0)) break;
+    float best_v = 0.0f;
+    double best_p = INFINITY;
+    for (int t = 0; t < trials; t++) {
+      bounds_of(d, cent, *m, b);
+      size_t idx = sample_d2(d, cent, *m, b, mopt_rng_unit(rng) * pot);
+      float v = d->v[idx];
+      if (has_value(cent, *m, v)) continue;
+      memcpy(tmp, cent, *m * sizeof *tmp);
+      size_t mm = *m;
+      insert_sorted(tmp, &mm, v);
+      double p = potential(d, tmp, mm, b);
+      if (p < best_p) { best_p = p; best_v = v; }
+    }
+    if (best_p == INFINITY) break;             /* only zero-cost picks: nothing left to split */
+    insert_sorted(cent, m, best_v);
+  }
+  free(b);
+  free(tmp);
+  return 0;
+}
+
+size_t mopt_km_init_centroids(const mopt_km_data *d, size_t k, mopt_km_init init, uint64_t seed,
+                              float *cent) {
+  if (d->n == 0 || k == 0) return 0;
+  if (d->n <= k) {
+    memcpy(cent, d->v, d->n * sizeof *cent);
+    return d->n;
+  }
+  uint64_t rng = seed ^ 0x6d6f70742d6b6dull;
+  size_t m = 0;
+  switch (init) {
+  case MOPT_KM_LINEAR: {
+    double lo = d->v[0], hi = d->v[d->n - 1];
+    for (size_t j = 0; j < k; j++) {
+      float v = (float)(k == 1 ? lo : lo + (hi - lo) * (double)j / (double)(k - 1));
+      if (!has_value(cent, m, v)) insert_sorted(cent, &m, v);
+    }
+    break;
+  }
+  case MOPT_KM_DENSITY:
+    for (size_t j = 0; j < k; j++) {
+      double r = ((double)j + 0.5) * (double)d->total / (double)k;
+      float v = d->v[index_of_rank(d, r)];
+      if (!has_value(cent, m, v)) insert_sorted(cent, &m, v);
+    }
+    break;
+  case MOPT_KM_RANDOM:
+    for (size_t tries = 0; m < k && tries < 8 * k; tries++) {
+      float v = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->total)];
+      if (!has_value(cent, m, v)) insert_sorted(cent, &m, v);
+    }
+    break;
+  case MOPT_KM_KMEANSPP:
+  default:
+    cent[m++] = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->total)];
+    break;
+  }
+  if (m < k && fill_kmeanspp(d, k, &rng, cent, &m) != 0) return m;
+  return m;
+}
+
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? -1 : x > y;
+}
+
+double mopt_kmeans_fit(const mopt_km_data *d, float *cent, size_t k, int max_iter) {
+  if (k == 0 || d->n == 0) return 0.0;
+  size_t *b = malloc((k + 1) * sizeof *b), *pb = malloc((k + 1) * sizeof *pb);
+  if (!b || !pb) { free(b); free(pb); return -1.0; }
+  for (int it = 0; it < max_iter; it++) {
+    bounds_of(d, cent, k, b);
+    if (it > 0 && memcmp(b, pb, (k + 1) * sizeof *b) == 0) break;
+    int sorted = 1;
+    for (size_t j = 0; j < k; j++) {
+      double s0 = d->c0[b[j + 1]] - d->c0[b[j]];
+      if (s0 > 0) cent[j] = (float)((d->c1[b[j + 1]] - d->c1[b[j]]) / s0);
+      if (j > 0 && cent[j] < cent[j - 1]) sorted = 0;
+    }
+    if (!sorted) qsort(cent, k, sizeof *cent, cmp_float);
+    memcpy(pb, b, (k + 1) * sizeof *b);
+  }
+  double p = potential(d, cent, k, b);
+  free(b);
+  free(pb);
+  return p;
+}
+
+uint8_t mopt_km_assign1_ref(const float *cent, size_t k, float x) {
+  size_t best = 0;
+  double bd = fabs((double)x - cent[0]);
+  for (size_t j = 1; j < k; j++) {
+    double dd = fabs((double)x - cent[j]);
+    if (dd < bd) { bd = dd; best = j; }
+  }
+  return (uint8_t)best;
+}
+
+uint8_t mopt_km_assign1(const float *cent, size_t k, float x) {
+  size_t lo = 0, hi = k;                      /* first centre >= x */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (cent[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  if (lo == k) lo = k - 1;
+  /* the nearest is lo or its predecessor; equal values before lo win ties (lower index) */
+  if (lo > 0 && fabs((double)x - cent[lo - 1]) <= fabs((double)x - cent[lo])) lo--;
+  while (lo > 0 && cent[lo - 1] == cent[lo]) lo--;
+  return (uint8_t)lo;
+}
+
+double mopt_kmeans_fit_ref(const float *x, size_t n, float *cent, size_t k, int max_iter) {
+  uint8_t *as = malloc((n ? n : 1));
+  double *sum = malloc(k * sizeof *sum);
+  size_t *cnt = malloc(k * sizeof *cnt);
+  if (!as || !sum || !cnt) { free(as); free(sum); free(cnt); return -1.0; }
+  for (int it = 0; it < max_iter; it++) {
+    int changed = it == 0;
+    for (size_t i = 0; i < n; i++) {
+      uint8_t a = mopt_km_assign1_ref(cent, k, x[i]);
+      if (it == 0 || a != as[i]) changed = 1;
+      as[i] = a;
+    }
+    if (!changed) break;
+    memset(sum, 0, k * sizeof *sum);
+    memset(cnt, 0, k * sizeof *cnt);
+    for (size_t i = 0; i < n; i++) { sum[as[i]] += x[i]; cnt[as[i]]++; }
+    for (size_t j = 0; j < k; j++)
+      if (cnt[j]) cent[j] = (float)(sum[j] / (double)cnt[j]);
+  }
+  double in = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double dd = (double)x[i] - cent[mopt_km_assign1_ref(cent, k, x[i])];
+    in += dd * dd;
+  }
+  free(as);
+  free(sum);
+  free(cnt);
+  return in;
+}
+
+int mopt_cluster_values(const float *x, size_t n, size_t stride, int32_t k, mopt_km_init init,
+                        uint64_t seed, int keep_zero, float *table, uint8_t *idx) {
+  if (k < 2 || k > 256) return MOPT_EINVAL;
+  mopt_km_data d;
+  int rc = mopt_km_data_init(&d, x, n, stride, keep_zero);
+  if (rc) return rc;
+  size_t kk = (size_t)(keep_zero ? k - 1 : k);
+  float cent[256];
+  size_t m = mopt_km_init_centroids(&d, kk, init, seed, cent);
+  if (m > 0) mopt_kmeans_fit(&d, cent, m, 300);
+  mopt_km_data_free(&d);
+  /* the table: centres (+ an exact 0 when zeros are kept), ascending, padded */
+  size_t nt = 0, zpos = (size_t)-1;
+  for (size_t j = 0; j < m; j++) table[nt++] = cent[j];
+  if (keep_zero || m == 0) {
+    size_t p = 0;
+    while (p < nt && table[p] < 0.0f) p++;
+    memmove(table + p + 1, table + p, (nt - p) * sizeof *table);
+    table[p] = 0.0f;
+    nt++;
+    zpos = p;
+  }
+  for (size_t j = nt; j < (size_t)k; j++) table[j] = table[nt - 1];
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i * stride];
+    uint8_t a;
+    if (zpos != (size_t)-1 && (v == 0.0f || m == 0)) a = (uint8_t)zpos;
+    else if (v != v) a = 0;
+    else if (zpos != (size_t)-1) {            /* non-zeros choose among the non-zero centres */
+      a = mopt_km_assign1(cent, m, v);
+      if (a >= zpos) a++;
+    } else a = mopt_km_assign1(table, nt, v);
+    idx[i * stride] = a;
+  }
+  return 0;
+}

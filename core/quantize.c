@@ -1,0 +1,267 @@
+/* quantize.c — linear quantization kernels: parameters per tensor / channel / block, symmetric
+ * or affine with an exactly representable zero, optional MSE clip search.
+ *
+ * Trade-off: the fast kernel computes ranges in one memory-order pass and only gathers groups
+ * into a scratch buffer when the MSE search needs their values; it shares the parameter
+ * arithmetic with the reference so both give bit-identical results (tested).
+ */
+#include "kernels.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mopt.h"
+
+const float mopt_clip_grid[MOPT_CLIP_GRID_N] = {
+  1.0f, 0.975f, 0.95f, 0.925f, 0.9f, 0.875f, 0.85f, 0.825f, 0.8f, 0.775f,
+  0.75f, 0.725f, 0.7f, 0.675f, 0.65f, 0.625f, 0.6f, 0.575f, 0.55f, 0.525f,
+};
+
+int mopt_qrange(int32_t qtype, int32_t *qmin, int32_t *qmax) {
+  switch (qtype) {
+  case MOPT_DT_INT8:  *qmin = -128; *qmax = 127; return 0;
+  case MOPT_DT_UINT8: *qmin = 0;    *qmax = 255; return 0;
+  case MOPT_DT_INT4:  *qmin = -8;   *qmax = 7;   return 0;
+  case MOPT_DT_UINT4: *qmin = 0;    *qmax = 15;  return 0;
+  default: return MOPT_EINVAL;
+  }
+}
+
+size_t mopt_qlayout_groups(const mopt_qlayout *l) {
+  switch (l->gran) {
+  case 0: return 1;
+  case 1: return (size_t)l->v.dim;
+  default: {
+    int64_t nb = (l->v.dim + l->block_size - 1) / l->block_size;
+    return (size_t)(l->v.outer * nb * l->v.inner);
+  }
+  }
+}
+
+int32_t mopt_quant1(float x, float scale, int32_t zp, int32_t qmin, int32_t qmax) {
+  float v = x / scale;
+  if (v != v) return zp;                       /* NaN → the zero */
+  float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
+  if (v < lo) v = lo;
+  if (v > hi) v = hi;
+  int32_t q = (int32_t)nearbyintf(v) + zp;
+  if (q < qmin) q = qmin;
+  if (q > qmax) q = qmax;
+  return q;
+}
+
+float mopt_dequant1(int32_t q, float scale, int32_t zp) {
+  return (float)(q - zp) * scale;
+}
+
+static float sane_scale(float s) {
+  if (!(s > 0.0f) || !isfinite(s)) return 1.0f;
+  if (s < FLT_MIN) return FLT_MIN;
+  return s;
+}
+
+/* Parameters from the group's range (lo <= 0 <= hi already folded in) and a clip ratio. */
+static void params_from_range(float lo, float hi, const mopt_qconfig *c, float clip, float *scale,
+                              int32_t *zp) {
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(c->qtype, &qmin, &qmax);
+  if (lo > 0.0f) lo = 0.0f;
+  if (hi < 0.0f) hi = 0.0f;
+  if (c->symmetric) {
+    float amax = fmaxf(-lo, hi) * clip;
+    int32_t z = qmin < 0 ? 0 : (qmax + 1) / 2;
+    *zp = z;
+    *scale = amax > 0.0f ? sane_scale(amax / (float)(qmax - z)) : 1.0f;
+    return;
+  }
+  lo *= clip;
+  hi *= clip;
+  if (hi - lo <= 0.0f) {
+    *scale = 1.0f;
+    *zp = qmin < 0 ? 0 : qmin;
+    return;
+  }
+  float s = sane_scale((hi - lo) / (float)(qmax - qmin));
+  float zf = nearbyintf((float)qmin - lo / s);
+  int32_t z = zf < (float)qmin ? qmin : zf > (float)qmax ? qmax : (int32_t)zf;
+  *scale = s;
+  *zp = z;
+}
+
+static void minmax(const float *v, size_t n, float *lo, float *hi) {
+  float a = 0.0f, b = 0.0f;
+  for (size_t i = 0; i < n; i++) {
+    float x = v[i];
+    if (x < a) a = x;
+    if (x > b) b = x;
+  }
+  *lo = a;
+  *hi = b;
+}
+
+static double group_sse(const float *v, size_t n, float s, int32_t z, int32_t qmin, int32_t qmax) {
+  double e = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double d = (double)v[i] - (double)mopt_dequant1(mopt_quant1(v[i], s, z, qmin, qmax), s, z);
+    e += d * d;
+  }
+  return e;
+}
+
+/* The MSE search over the clip grid for one gathered group with known range. */
+static void params_search(const float *v, size_t n, float lo, float hi, const mopt_qconfig *c,
+                          float *scale, int32_t *zp) {
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(c->qtype, &qmin, &qmax);
+  params_from_range(lo, hi, c, 1.0f, scale, zp);
+  if (!c->mse_search) return;
+  double best = group_sse(v, n, *scale, *zp, qmin, qmax);
+  for (int g = 1; g < MOPT_CLIP_GRID_N; g++) {
+    float s;
+    int32_t z;
+    params_from_range(lo, hi, c, mopt_clip_grid[g], &s, &z);
+    double e = group_sse(v, n, s, z, qmin, qmax);
+    if (e < best) {
+      best = e;
+      *scale = s;
+      *zp = z;
+    }
+  }
+}
+
+void mopt_qparams_ref(const float *vals, size_t n, const mopt_qconfig *c, float *scale, int32_t *zp) {
+  float lo, hi;
+  minmax(vals, n, &lo, &hi);
+  params_search(vals, n, lo, hi, c, scale, zp);
+}
+
+/* Group index of element (o, d, i) — the formula the reference states. */
+static size_t group_of(const mopt_qlayout *l, int64_t o, int64_t d, int64_t i) {
+  switch (l->gran) {
+  case 0: return 0;
+  case 1: return (size_t)d;
+  default: {
+    int64_t nb = (l->v.dim + l->block_size - 1) / l->block_size;
+    return (size_t)((o * nb + d / l->block_size) * l->v.inner + i);
+  }
+  }
+}
+
+static int layout_ok(const mopt_qlayout *l, const mopt_qconfig *c) {
+  int32_t a, b;
+  if (mopt_qrange(c->qtype, &a, &b) != 0) return 0;
+  if (l->v.outer < 1 || l->v.dim < 1 || l->v.inner < 1) return 0;
+  if (l->gran == 2 && l->block_size < 1) return 0;
+  return l->gran >= 0 && l->gran <= 2;
+}
+
+int mopt_quantize_tensor_ref(const float *x, const mopt_qlayout *l, const mopt_qconfig *c,
+                             float *scales, int32_t *zps, int32_t *q, float *deq) {
+  if (!layout_ok(l, c)) return MOPT_EINVAL;
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(c->qtype, &qmin, &qmax);
+  size_t ng = mopt_qlayout_groups(l);
+  size_t n = (size_t)(l->v.outer * l->v.dim * l->v.inner);
+  float *buf = malloc((n ? n : 1) * sizeof *buf);
+  if (!buf) return MOPT_ENOMEM;
+  for (size_t g = 0; g < ng; g++) {
+    size_t m = 0;
+    for (int64_t o = 0; o < l->v.outer; o++)
+      for (int64_t d = 0; d < l->v.dim; d++)
+        for (int64_t i = 0; i < l->v.inner; i++)
+          if (group_of(l, o, d, i) == g) buf[m++] = x[(o * l->v.dim + d) * l->v.inner + i];
+    mopt_qparams_ref(buf, m, c, &scales[g], &zps[g]);
+  }
+  for (int64_t o = 0; o < l->v.outer; o++)
+    for (int64_t d = 0; d < l->v.dim; d++)
+      for (int64_t i = 0; i < l->v.inner; i++) {
+        size_t e = (size_t)((o * l->v.dim + d) * l->v.inner + i);
+        size_t g = group_of(l, o, d, i);
+        q[e] = mopt_quant1(x[e], scales[g], zps[g], qmin, qmax);
+        if (deq) deq[e] = mopt_dequant1(q[e], scales[g], zps[g]);
+      }
+  free(buf);
+  return 0;
+}
+
+void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, const float *scales,
+                         const int32_t *zps, int32_t *q, float *deq) {
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(qtype, &qmin, &qmax);
+  const int64_t D = l->v.dim, I = l->v.inner;
+  int64_t nb = l->gran == 2 ? (D + l->block_size - 1) / l->block_size : 1;
+  size_t e = 0;
+  for (int64_t o = 0; o < l->v.outer; o++)
+    for (int64_t d = 0; d < D; d++) {
+      size_t gb = l->gran == 0 ? 0 : l->gran == 1 ? (size_t)d
+                                 : (size_t)((o * nb + d / l->block_size) * I);
+      size_t gs = l->gran == 2 ? 1 : 0;        /* groups advance with i only for blocks */
+      for (int64_t i = 0; i < I; i++, e++) {
+        size_t g = gb + gs * (size_t)i;
+        int32_t v = mopt_quant1(x[e], scales[g], zps[g], qmin, qmax);
+        q[e] = v;
+        if (deq) deq[e] = mopt_dequant1(v, scales[g], zps[g]);
+      }
+    }
+}
+
+int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconfig *c,
+                         float *scales, int32_t *zps, int32_t *q, float *deq) {
+  if (!layout_ok(l, c)) return MOPT_EINVAL;
+  const int64_t D = l->v.dim, I = l->v.inner;
+  size_t ng = mopt_qlayout_groups(l);
+  int64_t nb = l->gran == 2 ? (D + l->block_size - 1) / l->block_size : 1;
+  float *lo = calloc(ng, sizeof *lo), *hi = calloc(ng, sizeof *hi);
+  if (!lo || !hi) { free(lo); free(hi); return MOPT_ENOMEM; }
+  /* one memory-order pass for the ranges (0 is always inside the range) */
+  size_t e = 0;
+  for (int64_t o = 0; o < l->v.outer; o++)
+    for (int64_t d = 0; d < D; d++) {
+      size_t gb = l->gran == 0 ? 0 : l->gran == 1 ? (size_t)d
+                                 : (size_t)((o * nb + d / l->block_size) * I);
+      size_t gs = l->gran == 2 ? 1 : 0;
+      for (int64_t i = 0; i < I; i++, e++) {
+        size_t g = gb + gs * (size_t)i;
+        float v = x[e];
+        if (v < lo[g]) lo[g] = v;
+        if (v > hi[g]) hi[g] = v;
+      }
+    }
+  if (!c->mse_search) {
+    for (size_t g = 0; g < ng; g++) params_search(NULL, 0, lo[g], hi[g], c, &scales[g], &zps[g]);
+  } else if (l->gran == 0) {
+    size_t n = (size_t)(l->v.outer * D * I);
+    params_search(x, n, lo[0], hi[0], c, &scales[0], &zps[0]);
+  } else {
+    /* gather each group (strided) into scratch, then search */
+    size_t gmax = l->gran == 1 ? (size_t)(l->v.outer * I) : (size_t)l->block_size;
+    float *buf = malloc(gmax * sizeof *buf);
+    if (!buf) { free(lo); free(hi); return MOPT_ENOMEM; }
+    if (l->gran == 1) {
+      for (int64_t d = 0; d < D; d++) {
+        size_t m = 0;
+        for (int64_t o = 0; o < l->v.outer; o++)
+          memcpy(buf + m, x + (o * D + d) * I, (size_t)I * sizeof *buf), m += (size_t)I;
+        params_search(buf, m, lo[d], hi[d], c, &scales[d], &zps[d]);
+      }
+    } else {
+      for (int64_t o = 0; o < l->v.outer; o++)
+        for (int64_t b = 0; b < nb; b++)
+          for (int64_t i = 0; i < I; i++) {
+            size_t m = 0;
+            int64_t d1 = (b + 1) * l->block_size;
+            if (d1 > D) d1 = D;
+            for (int64_t d = b * l->block_size; d < d1; d++) buf[m++] = x[(o * D + d) * I + i];
+            size_t g = (size_t)((o * nb + b) * I + i);
+            params_search(buf, m, lo[g], hi[g], c, &scales[g], &zps[g]);
+          }
+    }
+    free(buf);
+  }
+  free(lo);
+  free(hi);
+  mopt_quantize_apply(x, l, c->qtype, scales, zps, q, deq);
+  return 0;
+}
