@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""test_logs.py — moptd's stderr: every line a JSON object; one line per request with a request
+id, the route, the status and the duration; job events (queued/started/finished) logged with the
+job id."""
+import hashlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, check, eq, expect, lazy, make_mlp, run, test
+
+D = lazy(lambda: Daemon(name="moptd-logs").start())
+RID_KEYS = ("request_id", "req_id", "rid", "reqid")
+
+
+def rid_of(j):
+    for k in RID_KEYS:
+        if k in j:
+            return j[k]
+    return None
+
+
+def duration_of(j):
+    for k, v in j.items():
+        if k.startswith("duration") or k in ("dur_ms", "elapsed_ms", "ms", "latency_ms"):
+            return v
+    return None
+
+
+def request_lines(d):
+    with d.lock:
+        return [j for j in d.jlines if "status" in j and ("route" in j or "path" in j)]
+
+
+def settle(d, n_before, want, timeout=3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(request_lines(d)) >= n_before + want:
+            break
+        time.sleep(0.05)
+    return request_lines(d)[n_before:]
+
+
+@test
+def test_every_stderr_line_is_json():
+    d = D()
+    d.get("/v1/models")
+    d.get("/v1/nope")
+    time.sleep(0.3)
+    with d.lock:
+        bad = [l for l in d.lines if l.strip() and not l.lstrip().startswith("{")]
+        n = len(d.lines)
+    eq(bad, [], "non-JSON stderr lines")
+    eq(len(d.jlines), n, "lines that did not decode as JSON objects")
+
+
+@test
+def test_request_lines_have_id_route_status_duration():
+    d = D()
+    n0 = len(request_lines(d))
+    r1 = expect(d.get("/v1/models"), 200)
+    r2 = expect(d.get("/v1/models/sha256:" + "0" * 64), 404)
+    r3 = expect(d.request("PUT", "/v1/models"), 405)
+    lines = settle(d, n0, 3)
+    check(len(lines) >= 3, "want 3 request log lines, got %r" % lines)
+    rids = []
+    for j, (resp, status) in zip(lines[:3], ((r1, 200), (r2, 404), (r3, 405))):
+        rid = rid_of(j)
+        check(rid, "request line without a request id: %r" % j)
+        rids.append(rid)
+        check("route" in j, "request line without route: %r" % j)
+        eq(j["status"], status, "status in %r" % j)
+        dur = duration_of(j)
+        check(isinstance(dur, (int, float)) and dur >= 0, "request line without a numeric duration: %r" % j)
+        hdr = resp.header("X-Request-Id")
+        if hdr:
+            eq(str(rid), hdr, "X-Request-Id vs logged request id")
+    eq(len(set(map(str, rids))), 3, "request ids distinct")
+    check(lines[0]["route"] in ("models_list", "/v1/models"), "route of GET /v1/models: %r" % lines[0])
+    check(lines[1]["route"] in ("models_get", "/v1/models/{id}"), "route of GET /v1/models/{id}: %r" % lines[1])
+
+
+@test
+def test_job_events_are_logged():
+    d = D()
+    data = make_mlp(seed=5)
+    expect(d.upload(data, name="logged"), 201)
+    mid = "sha256:" + hashlib.sha256(data).hexdigest()
+    job = d.submit({"model": mid, "passes": [{"op": "prune", "sparsity": 0.5}]}, 202)
+    j = d.wait_job(job["id"])
+    time.sleep(0.3)
+    with d.lock:
+        ev = [l for l in d.jlines if job["id"] in [str(v) for v in l.values()]]
+    check(len(ev) >= 2, "want at least 2 log lines naming job %s (start, end), got %r" % (job["id"], ev))
+    text = " ".join(str(sorted(l.items())) for l in ev)
+    check(j["state"] in text, "no log line says the job ended %s: %r" % (j["state"], ev))
+    check(any("event" in l or "msg" in l for l in ev), "job lines carry no event name: %r" % ev)
+
+
+if __name__ == "__main__":
+    run()
