@@ -95,11 +95,11 @@ def x_input(seed, n, k):
 
 # ------------------------------------------------------------------ MLP (Gemm) ----
 def mlp_graph(name="mlp"):
-    """x[N,64] -Gemm(W1[128,64],transB=1)-Relu-Gemm(W2[128,64],transB=0)-Relu-Gemm(W3[16,64],transB=1)-> y[N,16]."""
+    """x[N,64] -Gemm(W1[128,64],transB=1)-Relu-Gemm(W2[128,64],transB=0)-Relu-Gemm(W3[32,64],transB=1)-> y[N,32]."""
     W1, b1 = w(1, (128, 64)), w(2, (128,), 0.1)
     W2, b2 = w(3, (128, 64)), w(4, (64,), 0.1)     # transB=0: [K=128, N=64]
     W2 = (W2 * np.float32(np.sqrt(64.0 / 128.0))).astype(np.float32)
-    W3, b3 = w(5, (16, 64)), w(6, (16,), 0.1)
+    W3, b3 = w(5, (32, 64)), w(6, (32,), 0.1)
     nodes = [
         helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], name="gemm1", transB=1),
         helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
@@ -108,7 +108,7 @@ def mlp_graph(name="mlp"):
         helper.make_node("Gemm", ["a2", "W3", "b3"], ["y"], name="gemm3", transB=1),
     ]
     g = helper.make_graph(nodes, name, [vi("x", TensorProto.FLOAT, ["N", 64])],
-                          [vi("y", TensorProto.FLOAT, ["N", 16])],
+                          [vi("y", TensorProto.FLOAT, ["N", 32])],
                           [init("W1", W1), init("b1", b1), init("W2", W2), init("b2", b2),
                            init("W3", W3), init("b3", b3)])
     weights = [("W1", "initializer", "Gemm"), ("W2", "initializer", "Gemm"),
@@ -120,11 +120,34 @@ def make_mlp(outdir):
     feeds = {"x": x_input(100, 8, 64)}
     g, ws = mlp_graph()
     save(outdir, "mlp", mk(g, 13), feeds, ws,
-         "MLP 64-128-64-16 with Gemm (transB=1, transB=0, transB=1), opset 13")
+         "MLP 64-128-64-32 with Gemm (transB=1, transB=0, transB=1), opset 13")
     for op in (9, 11, 13, 17, 21):
         g, ws = mlp_graph("mlp_opset%d" % op)
         save(outdir, "mlp_opset%d" % op, mk(g, op), feeds, ws,
              "the MLP at opset %d, ir_version %d" % (op, IR_FOR_OPSET[op]), check=op <= 17)
+
+
+# ------------------------------------------------------------------ low-rank MLP ----
+def make_lowrank(outdir):
+    """Weights that are rank 8 plus 1% noise, so decompose(energy 0.95) finds a rank that pays."""
+    def lowrank(seed, r, c, rank=8):
+        rr = rng(seed)
+        a = rr.standard_normal((r, rank)).astype(np.float32)
+        b = rr.standard_normal((rank, c)).astype(np.float32)
+        m = a @ b / np.float32(np.sqrt(rank * r))
+        return (m + rr.standard_normal((r, c)).astype(np.float32) * np.float32(0.01 * m.std())).astype(np.float32)
+    W1, W2 = lowrank(81, 128, 256), lowrank(82, 256, 64)
+    b1 = w(83, (256,), 0.05)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m1"], name="matmul1"),
+             helper.make_node("Add", ["m1", "b1"], ["h1"], name="add1"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("MatMul", ["a1", "W2"], ["y"], name="matmul2")]
+    g = helper.make_graph(nodes, "lowrank", [vi("x", TensorProto.FLOAT, ["N", 128])],
+                          [vi("y", TensorProto.FLOAT, ["N", 64])],
+                          [init("W1", W1), init("b1", b1), init("W2", W2)])
+    save(outdir, "lowrank", mk(g, 13), {"x": x_input(108, 8, 128)},
+         [("W1", "initializer", "MatMul"), ("W2", "initializer", "MatMul")],
+         "MatMul MLP 128-256-64 whose weights are rank 8 + 1% noise (for decompose)")
 
 
 # ------------------------------------------------------------------ CNN ----
@@ -318,7 +341,7 @@ def make_digits(outdir):
     X = (X / 16.0).astype(np.float32)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
     clf = MLPClassifier(hidden_layer_sizes=DIGITS_HIDDEN, activation="relu", solver="adam",
-                        alpha=1e-4, max_iter=200, random_state=0)
+                        alpha=1e-4, max_iter=40, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(Xtr.astype(np.float64), ytr)
@@ -358,6 +381,7 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     make_mlp(outdir)
     make_cnn(outdir)
+    make_lowrank(outdir)
     make_const_mlp(outdir)
     make_if_model(outdir)
     make_lstm(outdir)
