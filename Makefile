@@ -137,7 +137,12 @@ run: deps all
 	@mkdir -p data
 	./$(BUILD)/moptd --listen 127.0.0.1:8080 --data ./data
 
-bench: deps-bench deps-test all
+BENCH_BIN := $(BUILD)/bench/kmeans_bench
+$(BUILD)/bench/%: tests/bench/%.c $(LIBMOPT)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -Wno-missing-prototypes -Icore -o $@ $< $(LIBMOPT) $(CORE_LIBS) $(LDFLAGS)
+
+bench: deps-bench deps-test all $(BENCH_BIN)
 	@sh tests/bench/run.sh
 
 fuzz: all
