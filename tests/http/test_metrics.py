@@ -39,13 +39,14 @@ def family_of(sample_name, types):
 
 
 def find(types, samples, pred_name, labels=()):
-    """Families whose name matches pred_name and whose samples carry all labels."""
+    """Families whose name matches pred_name and whose samples carry all labels (a label given as
+    "a|b" may be either: the HTTP status label is "code" by Prometheus convention)."""
     out = []
     for fam in types:
         if not pred_name(fam):
             continue
         ss = [s for s in samples if family_of(s[0], types) == fam]
-        if all(any(l in s[1] for s in ss) for l in labels):
+        if all(any(any(x in s[1] for x in l.split("|")) for s in ss) for l in labels):
             out.append(fam)
     return out
 
@@ -75,7 +76,7 @@ def test_named_families_exist():
     d = D()
     d.get("/v1/models")
     _, types, samples = scrape(d)
-    req = find(types, samples, lambda n: "request" in n and types[n] == "counter", ("route", "status"))
+    req = find(types, samples, lambda n: "request" in n and types[n] == "counter", ("route", "code|status"))
     check(req, "no counter of requests with route and status labels: %r" % sorted(types))
     hist = find(types, samples, lambda n: types[n] == "histogram" and
                 re.search("duration|latency|seconds", n), ())
@@ -98,7 +99,7 @@ def test_named_families_exist():
 def test_values_move_with_traffic():
     d = D()
     _, types, s0 = scrape(d)
-    req = find(types, s0, lambda n: "request" in n and types[n] == "counter", ("route", "status"))[0]
+    req = find(types, s0, lambda n: "request" in n and types[n] == "counter", ("route", "code|status"))[0]
     req_sample = req if req in {s[0] for s in s0} else req + "_total"
     hist = find(types, s0, lambda n: types[n] == "histogram" and re.search("duration|latency|seconds", n), ())[0]
     stored = find(types, s0, lambda n: "bytes" in n and re.search("stor|blob", n))[0]
@@ -115,10 +116,11 @@ def test_values_move_with_traffic():
                     "passes": [{"op": "prune", "sparsity": 0.5}]}, 202)
     j = d.wait_job(job["id"])
     _, types, s1 = scrape(d)
-    got = value(s1, req_sample, route=list_route, status="200") - value(s0, req_sample, route=list_route, status="200")
+    sl = "code" if any("code" in s[1] for s in s0 if s[0] == req_sample) else "status"
+    got = value(s1, req_sample, route=list_route, **{sl: "200"}) - value(s0, req_sample, route=list_route, **{sl: "200"})
     check(got >= 5, "requests{route=%s,status=200} moved by %r after 5 requests (routes %r)"
           % (list_route, got, sorted(r for r in routes if r)))
-    check(any(s[1].get("status") == "404" for s in s1 if s[0] == req_sample), "no status=404 series after a 404")
+    check(any(s[1].get(sl) == "404" for s in s1 if s[0] == req_sample), "no %s=404 series after a 404" % sl)
     c0 = sum(v for n, ls, v in s0 if n == hist + "_count")
     c1 = sum(v for n, ls, v in s1 if n == hist + "_count")
     check(c1 - c0 >= 7, "latency histogram count moved by %r" % (c1 - c0))

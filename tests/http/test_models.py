@@ -52,7 +52,7 @@ def test_upload_new_is_201_with_metadata():
 @test
 def test_metadata_counts_constants_and_subgraphs():
     d = D()
-    data = make_mlp(seed=2, with_if=True, opset=17, ir_version=9)
+    data = make_mlp(seed=2, with_if=True, opset=17, ir_version=8)
     r = expect(d.upload(data, name="with-if", version="2"), 201)
     check_model_json(r.json, data, "with-if", "2")
     eq(r.json["opsets"], {"": 17}, "opsets")
