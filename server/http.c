@@ -30,6 +30,9 @@
  * the answer at once and the connection is closed. */
 #define DRAIN_LIMIT (64u * 1024u)
 #define MAX_WAIT_LOOPS 4
+/* A chunked body that outgrows its limit is read and thrown away up to this many more bytes so
+ * the client still gets its 413; past that the connection is closed. */
+#define DISCARD_LIMIT (64ull * 1024u * 1024u)
 
 struct srv_http {
   struct MHD_Daemon *d;
@@ -177,12 +180,15 @@ static void waiter_resume(srv_waiter *w) {
   MHD_resume_connection(rc->conn);
 }
 
-/* Runs the handler; suspends the connection when it asks to wait. */
+/* Runs the handler; suspends the connection when it asks to wait. A handler that asked to
+ * wait is called again with req.waited_deadline_ms set (after a wake-up, the deadline, or at
+ * once when waiting is pointless) and then answers. */
 static enum MHD_Result run_handler(req_ctx *rc) {
   srv_http *h = rc->h;
   for (int tries = 0;; tries++) {
     api_response *r = &rc->resp;
     api_response_init(r);
+    rc->req.waited_deadline_ms = rc->wait_deadline_ms;
     int e = rc->route->handler(h->ctx, &rc->req, r);
     if (rc->req.upload) {
       if (!r->upload_consumed) store_upload_abort(rc->req.upload);
@@ -195,14 +201,17 @@ static enum MHD_Result run_handler(req_ctx *rc) {
       api_error(r, e, NULL, rc->req.path, NULL);
     }
     if (!r->wait_job[0]) return send_response(rc, r);
-
-    int64_t now = srv_now_ms();
-    if (rc->wait_loops == 0 || r->wait_deadline_ms < rc->wait_deadline_ms)
-      rc->wait_deadline_ms = r->wait_deadline_ms;
-    rc->wait_loops++;
-    /* Past the deadline, shutting down, or the job keeps changing under us: answer now. */
-    if (now >= rc->wait_deadline_ms || atomic_load(&h->quiescing) || tries >= MAX_WAIT_LOOPS)
+    if (tries >= MAX_WAIT_LOOPS) {   /* a handler that never stops asking: answer anyway */
+      resp_release(r);
+      api_response_init(r);
+      api_error(r, MOPT_EINTERNAL, "long-poll handler did not answer", rc->req.path, NULL);
       return send_response(rc, r);
+    }
+    if (rc->wait_deadline_ms == 0) rc->wait_deadline_ms = r->wait_deadline_ms;
+    if (rc->wait_deadline_ms == 0) rc->wait_deadline_ms = 1;   /* "re-invoked" marker */
+    resp_release(r);
+    /* Past the deadline or shutting down: ask the handler for its answer now. */
+    if (srv_now_ms() >= rc->wait_deadline_ms || atomic_load(&h->quiescing)) continue;
 
     srv_waiter *w = &rc->waiter;
     memset(w, 0, sizeof *w);
@@ -216,10 +225,8 @@ static enum MHD_Result run_handler(req_ctx *rc) {
     store_conn *c = store_conn_get(h->ctx->st);
     if (c && store_job_rev(c, w->job, &rev) == 0 && rev != r->wait_rev) {
       srv_waiters_remove(w);
-      resp_release(r);
       continue;
     }
-    resp_release(r);
     rc->phase = P_WAITING;
     MHD_suspend_connection(rc->conn);
     if (srv_waiters_arm(w)) MHD_resume_connection(rc->conn);
@@ -307,16 +314,17 @@ static enum MHD_Result first_call(req_ctx *rc, const char *url, const char *meth
   }
   rc->early_err = e;
   rc->phase = P_BODY;
-  if (!has_body || chunked || declared > DRAIN_LIMIT)
-    return send_error(rc, e, rc->early_msg);
-  return MHD_YES;   /* drain the small body, answer at the end */
+  /* Answer at the end of the request when there is no body or a small one (keeps the
+   * connection alive and the answer is not lost to a reset); at once for large bodies. */
+  if (has_body && (chunked || declared > DRAIN_LIMIT)) return send_error(rc, e, rc->early_msg);
+  return MHD_YES;
 }
 
 /* ----------------------------------------------------------- body chunks ---- */
 static enum MHD_Result on_body(req_ctx *rc, const char *data, size_t n) {
   if (rc->early_err || rc->too_large) {
     rc->received += n;
-    return rc->received > DRAIN_LIMIT + rc->max_body ? MHD_NO : MHD_YES;
+    return rc->received > rc->max_body + DISCARD_LIMIT ? MHD_NO : MHD_YES;
   }
   if (rc->received + n > rc->max_body) {   /* chunked body growing past the limit */
     rc->too_large = 1;
@@ -327,6 +335,8 @@ static enum MHD_Result on_body(req_ctx *rc, const char *data, size_t n) {
     }
     free(rc->body);
     rc->body = NULL;
+    /* libmicrohttpd cannot answer in the middle of a body: the rest is discarded (up to
+     * DISCARD_LIMIT) and the 413 goes out when the body ends. */
     return MHD_YES;
   }
   rc->received += n;
@@ -520,6 +530,7 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
   if (v6) flags |= MHD_USE_IPv6;
   h->d = MHD_start_daemon(
       flags, want_port, NULL, NULL, on_request, h,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads ? cfg->threads : 1),
       MHD_OPTION_CONNECTION_LIMIT, conn_limit,
@@ -528,7 +539,6 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
       MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
       MHD_OPTION_END);
   if (!h->d) {
     snprintf(err, errn, "cannot listen on %s: %s", cfg->listen,
