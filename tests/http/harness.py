@@ -580,14 +580,20 @@ def model_facts(data):
             "param_count": facts["params"]}
 
 
-def write_big_mlp(path, rows=2048, cols=4096, seed=7):
-    """A model with one rows x cols weight (8M floats by default) written to path."""
+def write_big_mlp(path=None, rows=2048, cols=4096, seed=7):
+    """A model with one rows x cols weight (8M floats by default) written to path (default: a
+    cache file under the temp dir, reused across runs since the bytes are deterministic)."""
+    if path is None:
+        cache = os.path.join(tempfile.gettempdir(), "moptd-http-cache")
+        os.makedirs(cache, exist_ok=True)
+        path = os.path.join(cache, "mlp-%dx%d-%d.onnx" % (rows, cols, seed))
     if os.path.exists(path):
         return path
     data = make_mlp(seed=seed, sizes=(rows, cols, 16))
-    with open(path + ".part", "wb") as f:
+    part = "%s.%d.part" % (path, os.getpid())
+    with open(part, "wb") as f:
         f.write(data)
-    os.rename(path + ".part", path)
+    os.rename(part, path)
     return path
 
 

@@ -42,7 +42,7 @@ def test_kill9_mid_upload():
         data = make_mlp(seed=10 + i)
         r = expect(d.upload(data, name="keep"), 201)
         acked[r.json["id"]] = data
-    big = open(write_big_mlp(os.path.join(d.tmp, "big.onnx")), "rb").read()
+    big = open(write_big_mlp(), "rb").read()
     # half a body, then kill -9 while the connection is open
     s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
     s.sendall(("POST /v1/models?name=partial HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n"

@@ -235,7 +235,7 @@ def test_cancel_of_running_job_within_one_second_stub_worker():
 def test_cancel_of_running_job_within_one_second_real_worker():
     d = Daemon(workers=1, name="moptd-heavy").start()
     try:
-        path = write_big_mlp(os.path.join(d.tmp, "big.onnx"))
+        path = write_big_mlp()
         mid = expect(d.upload(path, name="big"), 201).json["id"]
         j = d.submit({"model": mid, "passes": [{"op": "cluster", "clusters": 256}]}, 202)
         j = d.wait_job(j["id"], ("running",) + TERMINAL, 30)

@@ -195,13 +195,43 @@ def test_content_download_is_byte_exact_with_strong_etag():
 @test
 def test_streamed_upload_of_a_32mb_model_from_disk():
     d = D()
-    path = write_big_mlp(os.path.join(d.tmp, "big.onnx"))
+    path = write_big_mlp()
     hexd = file_sha256(path)
     r = expect(d.upload(path, name="big"), 201, "big upload")
     eq(r.json["id"], "sha256:" + hexd, "id")
     eq(r.json["param_count"], 2048 * 4096 + 4096 + 4096 * 16 + 16, "param_count")
     r = expect(d.get(r.json["content_url"]), 200)
     eq(sha256_hex(r.body), hexd, "downloaded digest")
+
+
+def vm_hwm_kib(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM for pid %d" % pid)
+
+
+@test
+def test_upload_and_download_of_128mb_do_not_hold_the_model_in_memory():
+    # the issue: bodies are streamed to disk and content is served from the file; the peak RSS
+    # of the daemon must not grow by anything near the model's size (goal for 1 GiB: < 32 MiB)
+    d = Daemon(name="moptd-rss").start()
+    try:
+        path = write_big_mlp(rows=4096, cols=8192, seed=9)
+        size = os.path.getsize(path)
+        expect(d.upload(make_mlp(seed=99), name="warm-up"), 201)
+        h0 = vm_hwm_kib(d.proc.pid)
+        r = expect(d.upload(path, name="big128"), 201, "128 MB upload")
+        h1 = vm_hwm_kib(d.proc.pid)
+        r = expect(d.get(r.json["content_url"]), 200, "128 MB download")
+        eq(len(r.body), size, "downloaded size")
+        h2 = vm_hwm_kib(d.proc.pid)
+        print("# peak RSS: %d KiB before, +%d KiB after upload, +%d KiB after download of %d MiB"
+              % (h0, h1 - h0, h2 - h1, size >> 20))
+        check(h1 - h0 < 32 * 1024, "upload of %d MiB grew peak RSS by %d MiB" % (size >> 20, (h1 - h0) >> 10))
+        check(h2 - h1 < 16 * 1024, "download of %d MiB grew peak RSS by %d MiB" % (size >> 20, (h2 - h1) >> 10))
+    finally:
+        d.stop()
 
 
 @test
