@@ -104,6 +104,28 @@ int mopt_model_scan(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
 int mopt_model_scan_file(const char *path, const mopt_load_limits *lim, mopt_model_info *info,
                          mopt_diag *diag);
 
+/* The same scan, also reporting every TensorProto (initializers, Constant values, and any other
+ * tensor attribute), in file order, with the byte ranges a payload codec needs. fn may return a
+ * negative error to stop the scan. Pointers in *t are valid during the call only. */
+typedef struct mopt_scan_tensor {
+  const char *name;
+  int32_t dtype;
+  int32_t ndim;
+  const int64_t *dims;
+  uint64_t nelem;
+  int32_t location;            /* MOPT_LOC_INITIALIZER, MOPT_LOC_CONSTANT, or -1 (other) */
+  uint64_t ordinal;            /* 0, 1, … in file order */
+  uint64_t msg_offset, msg_length;   /* the TensorProto message body within the file */
+  uint64_t raw_offset, raw_length;   /* raw_data payload within the file; 0/0 when typed fields */
+} mopt_scan_tensor;
+typedef int (*mopt_scan_tensor_fn)(const mopt_scan_tensor *t, void *ctx);
+int mopt_model_scan_tensors(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                            mopt_scan_tensor_fn fn, void *ctx, mopt_model_info *info,
+                            mopt_diag *diag);
+int mopt_model_scan_file_tensors(const char *path, const mopt_load_limits *lim,
+                                 mopt_scan_tensor_fn fn, void *ctx, mopt_model_info *info,
+                                 mopt_diag *diag);
+
 /* Op type histogram for inspect: calls fn(op_type, count, ctx) once per distinct op type. */
 void mopt_model_op_counts(const mopt_model *m,
                           void (*fn)(const char *op_type, uint64_t count, void *ctx), void *ctx);

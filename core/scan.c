@@ -169,7 +169,9 @@ typedef struct tstate {        /* tensor being scanned */
   char ext_location[512]; int has_location;
   uint64_t ext_offset, ext_length; int has_length;
   tensor_ctx ctx;
-  uint64_t start;              /* byte offset of the message */
+  uint64_t start;              /* byte offset of the field (key) holding the message */
+  uint64_t body, body_end;     /* byte range of the message body */
+  uint64_t raw_off;            /* byte offset of raw_data's payload */
 } tstate;
 
 typedef struct frame {
@@ -199,6 +201,9 @@ typedef struct scan {
   uint64_t total_bytes;
   int seen_graph;
   int64_t cur_node_op_is_constant;
+  mopt_scan_tensor_fn on_tensor;
+  void *on_tensor_ctx;
+  uint64_t tensor_ordinal;
 } scan;
 
 static int fail(scan *s, int err, uint64_t off, const char *fmt, const char *a, const char *b) {
@@ -372,6 +377,24 @@ static int tensor_end(scan *s, tstate *t) {
   if (__builtin_add_overflow(s->total_bytes, need, &s->total_bytes) || s->total_bytes > max_total)
     return fail(s, MOPT_ELIMIT, t->start, "tensor '%s': tensors exceed the total size limit%s", tn,
                 NULL);
+  if (s->on_tensor) {
+    mopt_scan_tensor st;
+    memset(&st, 0, sizeof st);
+    st.name = tn;
+    st.dtype = t->dtype;
+    st.ndim = (int32_t)t->ndim;
+    st.dims = t->dims;
+    st.nelem = n;
+    st.location = t->ctx == CTX_INITIALIZER ? MOPT_LOC_INITIALIZER
+                : t->ctx == CTX_CONSTANT_VALUE ? MOPT_LOC_CONSTANT : -1;
+    st.ordinal = s->tensor_ordinal++;
+    st.msg_offset = t->body;
+    st.msg_length = t->body_end - t->body;
+    st.raw_offset = t->has_raw && !t->external ? t->raw_off : 0;
+    st.raw_length = t->has_raw && !t->external ? t->raw_len : 0;
+    int crc = s->on_tensor(&st, s->on_tensor_ctx);
+    if (crc) return crc;
+  }
   if (t->ctx == CTX_INITIALIZER || t->ctx == CTX_CONSTANT_VALUE) {
     s->info->weight_count++;
     s->info->param_count += n;
@@ -625,6 +648,8 @@ static int field_bytes(scan *s, frame *f, const ProtobufCFieldDescriptor *fd, ui
       memset(t, 0, sizeof *t);
       t->name = -1;
       t->start = fstart;
+      t->body = r->pos;
+      t->body_end = end;
       if (f->desc == D(graph_proto) && !strcmp(fd->name, "initializer")) t->ctx = CTX_INITIALIZER;
       else if (f->desc == D(sparse_tensor_proto) && !strcmp(fd->name, "values") && s->depth >= 3 &&
                s->stack[s->depth - 3].desc == D(graph_proto))
@@ -647,7 +672,7 @@ static int field_bytes(scan *s, frame *f, const ProtobufCFieldDescriptor *fd, ui
   if (f->desc == D(tensor_proto) && fd) {
     tstate *t = &s->tensors[f->tensor];
     switch (fd->id) {
-    case 9: t->raw_len = len; t->has_raw = 1; r->pos = end; return 0;                 /* raw_data */
+    case 9: t->raw_len = len; t->raw_off = r->pos; t->has_raw = 1; r->pos = end; return 0; /* raw_data */
     case 4: t->n_float += len / 4; if (len % 4) goto bad_packed; r->pos = end; return 0;   /* float_data */
     case 10: t->n_double += len / 8; if (len % 8) goto bad_packed; r->pos = end; return 0; /* double_data */
     case 5: { uint64_t c; if (rd_count_varints(r, len, &c)) goto trunc; t->n_int32 += c; return 0; }
@@ -848,7 +873,7 @@ static int scan_run(scan *s) {
 }
 
 static int scan_reader(reader *r, const mopt_load_limits *lim, mopt_model_info *info,
-                       mopt_diag *diag) {
+                       mopt_diag *diag, mopt_scan_tensor_fn fn, void *fn_ctx) {
   mopt_model_info local;
   if (!info) info = &local;
   memset(info, 0, sizeof *info);
@@ -856,6 +881,7 @@ static int scan_reader(reader *r, const mopt_load_limits *lim, mopt_model_info *
   scan *s = calloc(1, sizeof *s);
   if (!s) return MOPT_ENOMEM;
   s->r = r; s->lim = lim; s->info = info; s->diag = diag;
+  s->on_tensor = fn; s->on_tensor_ctx = fn_ctx;
   int rc = r->size == 0 ? mopt_diag_set(diag, MOPT_EPARSE, "byte 0", "empty body: not an ONNX model")
                         : scan_run(s);
   for (size_t i = 0; i < s->n_graphs; i++) {
@@ -868,18 +894,30 @@ static int scan_reader(reader *r, const mopt_load_limits *lim, mopt_model_info *
   return rc;
 }
 
-int mopt_model_scan(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
-                    mopt_model_info *info, mopt_diag *diag) {
+int mopt_model_scan_tensors(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                            mopt_scan_tensor_fn fn, void *ctx, mopt_model_info *info,
+                            mopt_diag *diag) {
   reader *r = calloc(1, sizeof *r);
   if (!r) return MOPT_ENOMEM;
   r->fd = -1; r->mem = buf; r->size = len;
-  int rc = scan_reader(r, lim, info, diag);
+  int rc = scan_reader(r, lim, info, diag, fn, ctx);
   free(r);
   return rc;
 }
 
+int mopt_model_scan(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                    mopt_model_info *info, mopt_diag *diag) {
+  return mopt_model_scan_tensors(buf, len, lim, NULL, NULL, info, diag);
+}
+
 int mopt_model_scan_file(const char *path, const mopt_load_limits *lim, mopt_model_info *info,
                          mopt_diag *diag) {
+  return mopt_model_scan_file_tensors(path, lim, NULL, NULL, info, diag);
+}
+
+int mopt_model_scan_file_tensors(const char *path, const mopt_load_limits *lim,
+                                 mopt_scan_tensor_fn fn, void *ctx, mopt_model_info *info,
+                                 mopt_diag *diag) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return mopt_diag_set(diag, MOPT_EIO, path, "cannot open model file: %s", strerror(errno));
   struct stat st;
@@ -891,7 +929,7 @@ int mopt_model_scan_file(const char *path, const mopt_load_limits *lim, mopt_mod
   if (!r) { close(fd); return MOPT_ENOMEM; }
   r->fd = fd; r->size = (uint64_t)st.st_size;
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  int rc = scan_reader(r, lim, info, diag);
+  int rc = scan_reader(r, lim, info, diag, fn, ctx);
   /* The scan streamed the file once; do not leave it occupying the page cache on our account. */
   posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
   free(r);

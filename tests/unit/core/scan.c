@@ -104,6 +104,33 @@ static void test_valid_model_metadata(void **state) {
   assert_int_equal(info.weight_bytes, (64 * 32 + 32) * 4);
 }
 
+typedef struct seen { int count; uint64_t w_off, w_len; int w_loc; int64_t w_d0; uint64_t b_len; } seen;
+static int on_tensor(const mopt_scan_tensor *t, void *ctx) {
+  seen *s = ctx;
+  if (!strcmp(t->name, "W")) {
+    s->w_off = t->raw_offset; s->w_len = t->raw_length; s->w_loc = t->location; s->w_d0 = t->dims[0];
+  }
+  if (!strcmp(t->name, "B")) s->b_len = t->raw_length;
+  s->count++;
+  return 0;
+}
+
+static void test_tensor_ranges(void **state) {
+  (void)state;
+  built m; build(&m);
+  size_t len;
+  uint8_t *buf = pack(&m, &len);
+  seen sn = {0};
+  assert_int_equal(mopt_model_scan_tensors(buf, len, NULL, on_tensor, &sn, NULL, NULL), 0);
+  assert_int_equal(sn.count, 2);
+  assert_int_equal(sn.w_len, sizeof m.w_data);
+  assert_int_equal(sn.w_loc, MOPT_LOC_INITIALIZER);
+  assert_int_equal(sn.w_d0, 64);
+  assert_memory_equal(buf + sn.w_off, m.w_data, sizeof m.w_data);
+  assert_int_equal(sn.b_len, 0);   /* typed fields: no raw range */
+  free(buf);
+}
+
 static void expect_reject(built *m, int err, const char *msg_part, const char *where_part) {
   mopt_diag d;
   memset(&d, 0, sizeof d);
@@ -332,6 +359,7 @@ static void test_backend_test_data_all_accepted(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_model_metadata),
+      cmocka_unit_test(test_tensor_ranges),
       cmocka_unit_test(test_raw_data_length_mismatch),
       cmocka_unit_test(test_typed_length_mismatch),
       cmocka_unit_test(test_dims_overflow_and_negative),
