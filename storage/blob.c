@@ -314,6 +314,26 @@ int store_blob_remove(store *s, const char *hex) {
   char p[4096];
   int k = snprintf(p, sizeof p, "%s/%.2s/%s", s->blob_dir, hex, hex);
   if (k < 0 || (size_t)k >= sizeof p) return MOPT_EINVAL;
-  if (unlink(p) != 0) return errno == ENOENT ? MOPT_ENOTFOUND : MOPT_EIO;
-  return 0;
+  /* Check-and-unlink under the SQLite write lock: a store_model_put of the same digest that
+   * committed first keeps its blob; one that comes later finds the blob gone and fails. */
+  store_conn *c = store_conn_get(s);
+  int rc = store_tx_begin(c);
+  if (rc) return rc;
+  sqlite3_stmt *st = store_stmt(c, ST_MODEL_EXISTS, &rc);
+  if (!st) goto out;
+  char id[72];
+  snprintf(id, sizeof id, "sha256:%s", hex);
+  sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+  int r = sqlite3_step(st);
+  store_stmt_done(st);
+  if (r == SQLITE_ROW) {
+    rc = MOPT_ECONFLICT;   /* indexed again meanwhile: the blob stays */
+  } else if (r != SQLITE_DONE) {
+    rc = store_sqlite_err(r);
+  } else if (unlink(p) != 0) {
+    rc = errno == ENOENT ? MOPT_ENOTFOUND : MOPT_EIO;
+  }
+out:
+  store_tx_rollback(c);   /* nothing was written */
+  return rc;
 }

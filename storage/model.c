@@ -47,15 +47,26 @@ int store_model_get(store_conn *c, const char *id, store_model *m) {
   return r == SQLITE_DONE ? MOPT_ENOTFOUND : store_sqlite_err(r);
 }
 
+/* "sha256:<64 lowercase hex>" → the hex part, else NULL. */
+static const char *id_hex(const char *id) {
+  if (strncmp(id, "sha256:", 7) != 0 || strlen(id) != 71) return NULL;
+  for (int i = 7; i < 71; i++)
+    if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f'))) return NULL;
+  return id + 7;
+}
+
 int store_model_put(store_conn *c, store_model *m, int *created) {
-  if (!m || !m->id[0]) return MOPT_EINVAL;
+  if (!c || !m || !id_hex(m->id)) return MOPT_EINVAL;
   if (created) *created = 0;
   if (m->created == 0) m->created = store_now_ms();
   if (!m->format[0]) snprintf(m->format, sizeof m->format, "onnx");
   if (!m->opsets[0]) snprintf(m->opsets, sizeof m->opsets, "{}");
-  int rc = 0;
+  /* Under the write lock, so a concurrent store_blob_remove (which also takes it) either ran
+   * before — the blob is gone and this put fails — or runs after and sees this row. */
+  int rc = store_tx_begin(c);
+  if (rc) return rc;
   sqlite3_stmt *st = store_stmt(c, ST_MODEL_INSERT, &rc);
-  if (!st) return rc;
+  if (!st) goto fail;
   sqlite3_bind_text(st, 1, m->id, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 2, m->name, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 3, m->version, -1, SQLITE_TRANSIENT);
@@ -72,13 +83,24 @@ int store_model_put(store_conn *c, store_model *m, int *created) {
   int r = sqlite3_step(st);
   int changes = sqlite3_changes(c->db);
   store_stmt_done(st);
-  if (r != SQLITE_DONE) return store_sqlite_err(r);
-  if (changes == 1) {
-    if (created) *created = 1;
-    return 0;
+  if (r != SQLITE_DONE) {
+    rc = store_sqlite_err(r);
+    goto fail;
   }
+  if (changes == 1) {
+    char path[4096];
+    rc = store_blob_path(c->s, id_hex(m->id), path, sizeof path);
+    if (rc) goto fail;   /* MOPT_ENOTFOUND: publish the blob first */
+    rc = store_tx_commit(c);
+    if (rc == 0 && created) *created = 1;
+    return rc;
+  }
+  store_tx_rollback(c);
   /* Already indexed (same bytes): hand back the row as it is. */
   return store_model_get(c, m->id, m);
+fail:
+  store_tx_rollback(c);
+  return rc;
 }
 
 int store_model_list(store_conn *c, const char *name, const char *cursor, uint32_t limit,

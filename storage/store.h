@@ -58,7 +58,8 @@ int store_tmp_path(store *s, const char *suffix, char *buf, size_t n);
 int store_blob_adopt(store *s, const char *tmp_path, char hex[65], uint64_t *size, int *existed);
 /* Path of blob hex into buf. Returns MOPT_ENOTFOUND if the file does not exist. */
 int store_blob_path(store *s, const char *hex, char *buf, size_t n);
-/* Unlinks a blob (after its index row is gone). */
+/* Unlinks a blob (after its index row is gone). MOPT_ECONFLICT (and the blob stays) when a
+ * model row with that digest exists again (a concurrent upload of the same bytes). */
 int store_blob_remove(store *s, const char *hex);
 /* Total bytes of indexed blobs (for metrics). */
 int store_bytes_total(store_conn *c, uint64_t *bytes);
@@ -78,7 +79,9 @@ typedef struct store_model {
   char job[40];              /* job that produced it, "" if uploaded */
 } store_model;
 
-/* Inserts m; *created = 0 and the existing row in *m when the id is already indexed. */
+/* Inserts m; *created = 0 and the existing row in *m when the id is already indexed.
+ * m->id must be "sha256:<64 hex>" (MOPT_EINVAL) and its blob published (MOPT_ENOTFOUND when
+ * it is not there, e.g. removed by a concurrent delete: publish again and retry). */
 int store_model_put(store_conn *c, store_model *m, int *created);
 int store_model_get(store_conn *c, const char *id, store_model *m);
 /* Lists models, newest first, optionally filtered by name (NULL = all). cursor is opaque

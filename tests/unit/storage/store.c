@@ -59,7 +59,21 @@ static void model_id(char out[72], unsigned n) {
   snprintf(out, 72, "sha256:%064x", n);
 }
 
+/* Puts a file where the blob of model_id(n) lives (the index only accepts published blobs). */
+static void make_blob(store_conn *c, unsigned n) {
+  char id[72], dir[PATH_MAX], path[PATH_MAX + 80];
+  model_id(id, n);
+  snprintf(dir, sizeof dir, "%s/blobs/%.2s", store_data_dir(c->s), id + 7);
+  mkdir(dir, 0750);
+  snprintf(path, sizeof path, "%s/%s", dir, id + 7);
+  FILE *fp = fopen(path, "wb");
+  assert_non_null(fp);
+  fprintf(fp, "blob %u", n);
+  fclose(fp);
+}
+
 static void put_model(store_conn *c, unsigned n, const char *name, int64_t created) {
+  make_blob(c, n);
   store_model m;
   memset(&m, 0, sizeof m);
   model_id(m.id, n);
@@ -110,6 +124,8 @@ static void test_model_crud(void **state) {
   m.node_count = 10;
   m.weight_count = 4;
   m.param_count = 12345;
+  make_blob(f->c, 1);
+  make_blob(f->c, 2);
   int created = -1;
   assert_int_equal(store_model_put(f->c, &m, &created), 0);
   assert_int_equal(created, 1);
@@ -167,6 +183,48 @@ static void test_model_crud(void **state) {
   assert_int_equal(store_model_delete(f->c, m.id), MOPT_ENOTFOUND);
   assert_int_equal(store_bytes_total(f->c, &bytes), 0);
   assert_int_equal(bytes, 10);
+}
+
+/* The index never points at a missing blob, and a blob is never removed under a row. */
+static void test_model_blob_invariants(void **state) {
+  fixture *f = *state;
+  store_model m;
+  memset(&m, 0, sizeof m);
+  int created = -1;
+  snprintf(m.id, sizeof m.id, "sha256:../../etc");
+  assert_int_equal(store_model_put(f->c, &m, &created), MOPT_EINVAL);
+  model_id(m.id, 5);
+  m.size = 1;
+  assert_int_equal(store_model_put(f->c, &m, &created), MOPT_ENOTFOUND);   /* not published */
+  assert_int_equal(created, 0);
+  store_model g;
+  assert_int_equal(store_model_get(f->c, m.id, &g), MOPT_ENOTFOUND);       /* nothing kept */
+
+  /* A real blob through the upload path, then indexed. */
+  store_upload *u = NULL;
+  assert_int_equal(store_upload_begin(f->s, &u), 0);
+  assert_int_equal(store_upload_write(u, "abc", 3), 0);
+  char hex[65];
+  uint64_t size = 0;
+  assert_int_equal(store_upload_finish(u, hex, &size), 0);
+  int existed = -1;
+  assert_int_equal(store_upload_publish(u, &existed), 0);
+  snprintf(m.id, sizeof m.id, "sha256:%s", hex);
+  m.size = size;
+  m.created = 0;
+  assert_int_equal(store_model_put(f->c, &m, &created), 0);
+  assert_int_equal(created, 1);
+  /* Removing the blob of an indexed model is refused and leaves the file. */
+  char p[PATH_MAX];
+  assert_int_equal(store_blob_remove(f->s, hex), MOPT_ECONFLICT);
+  assert_int_equal(store_blob_path(f->s, hex, p, sizeof p), 0);
+  assert_int_equal(store_model_delete(f->c, m.id), 0);
+  assert_int_equal(store_blob_remove(f->s, hex), 0);
+  assert_int_equal(store_blob_path(f->s, hex, p, sizeof p), MOPT_ENOTFOUND);
+  /* Delete raced ahead of a re-upload's put: the put fails instead of indexing a ghost. */
+  m.created = 0;
+  assert_int_equal(store_model_put(f->c, &m, &created), MOPT_ENOTFOUND);
+  assert_int_equal(store_model_get(f->c, m.id, &g), MOPT_ENOTFOUND);
 }
 
 static void test_model_pagination(void **state) {
@@ -870,6 +928,7 @@ static void test_claim_processes(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_model_crud, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_model_blob_invariants, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_pagination, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_delete_conflict, setup, teardown),
       cmocka_unit_test_setup_teardown(test_job_create_and_dedup, setup, teardown),
