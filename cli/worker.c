@@ -1,0 +1,159 @@
+/* worker.c — `mopt worker`, the job process moptd spawns (contracts.md §1).
+ *
+ * It applies its rlimits to itself, loads the model, runs the normalized spec, writes OUT and
+ * REPORT atomically, and speaks JSON lines on stdout: progress events, then one done or error
+ * event. SIGTERM sets a flag the progress callback turns into MOPT_ECANCELLED, so the pipeline
+ * unwinds at the next tensor/pass boundary and nothing is written (exit 3).
+ *
+ * Trade-off: cancellation is cooperative (checked per tensor per pass) rather than killing
+ * mid-kernel, so the worker never leaves partial files; the server's SIGKILL after its grace
+ * period remains the backstop for a single huge kernel call.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static volatile sig_atomic_t g_term;
+
+static void on_term(int sig) {
+  (void)sig;
+  g_term = 1;
+}
+
+static void emit(json_t *ev) {
+  char *s = json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(6));
+  if (s) {
+    fputs(s, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    free(s);
+  }
+  json_decref(ev);
+}
+
+static int emit_error(int err, const mopt_diag *d, int exit_code) {
+  const char *msg = d && d->msg[0] ? d->msg : mopt_strerror(err);
+  const char *where = d ? d->where : "";
+  emit(json_pack("{s:s, s:s, s:s, s:s}", "event", "error", "code", mopt_errcode(err),
+                 "message", msg, "where", where));
+  fprintf(stderr, "mopt worker: %s: %s (%s)\n", mopt_errcode(err), msg, where);
+  return exit_code;
+}
+
+typedef struct prog { double last; char step[32]; } prog;
+
+static int on_progress(double f, const char *step, void *ctx) {
+  prog *p = ctx;
+  if (g_term) return 1;
+  if (f - p->last >= 0.01 || strcmp(step, p->step) != 0 || f >= 1.0) {
+    p->last = f;
+    snprintf(p->step, sizeof p->step, "%s", step);
+    emit(json_pack("{s:s, s:f, s:s}", "event", "progress", "progress", round(f * 1e4) / 1e4, "step", step));
+  }
+  return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-') return -1;
+  *out = v;
+  return 0;
+}
+
+int cli_worker(int argc, char **argv) {
+  const char *in = NULL, *specp = NULL, *out = NULL, *rep = NULL;
+  uint64_t mem_mb = 0, cpu_s = 0;
+  mopt_diag d;
+  memset(&d, 0, sizeof d);
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int bad = 0;
+    if (!strcmp(a, "--input") && v) in = v, i++;
+    else if (!strcmp(a, "--spec") && v) specp = v, i++;
+    else if (!strcmp(a, "--output") && v) out = v, i++;
+    else if (!strcmp(a, "--report") && v) rep = v, i++;
+    else if (!strcmp(a, "--max-memory-mb") && v) bad = parse_u64(v, &mem_mb), i++;
+    else if (!strcmp(a, "--max-cpu-s") && v) bad = parse_u64(v, &cpu_s), i++;
+    else bad = 1;
+    if (bad) {
+      mopt_diag_set(&d, MOPT_EINVAL, a, "unknown or incomplete worker argument '%s'", a);
+      return emit_error(MOPT_EINVAL, &d, CLI_USAGE);
+    }
+  }
+  if (!in || !specp || !out || !rep) {
+    mopt_diag_set(&d, MOPT_EINVAL, "argv",
+                  "usage: mopt worker --input IN --spec SPEC --output OUT --report REPORT "
+                  "[--max-memory-mb N] [--max-cpu-s N]");
+    return emit_error(MOPT_EINVAL, &d, CLI_USAGE);
+  }
+
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_term;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (mem_mb) {
+    struct rlimit rl = {(rlim_t)mem_mb << 20, (rlim_t)mem_mb << 20};
+    if (setrlimit(RLIMIT_AS, &rl) != 0) fprintf(stderr, "mopt worker: RLIMIT_AS: %s\n", strerror(errno));
+  }
+  if (cpu_s) {
+    struct rlimit rl = {(rlim_t)cpu_s, (rlim_t)cpu_s + 5};
+    if (setrlimit(RLIMIT_CPU, &rl) != 0) fprintf(stderr, "mopt worker: RLIMIT_CPU: %s\n", strerror(errno));
+  }
+
+  mopt_spec spec;
+  mopt_spec_init(&spec);
+  int rc = cli_load_spec(specp, &spec, &d);
+  if (rc) {
+    if (!d.where[0]) snprintf(d.where, sizeof d.where, "%s", specp);
+    mopt_spec_free(&spec);
+    return emit_error(rc, &d, cli_exit_code(rc));
+  }
+  prog p = {-1.0, ""};
+  on_progress(0.0, "load", &p);
+  mopt_model *m = NULL;
+  rc = mopt_model_load_file(in, NULL, &m, &d);
+  if (rc) {
+    mopt_spec_free(&spec);
+    return emit_error(rc, &d, cli_exit_code(rc));
+  }
+  if (g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "load", "cancelled by SIGTERM");
+  char *report = NULL;
+  if (!rc) rc = mopt_pipeline_run(m, &spec, on_progress, &p, &report, &d);
+  mopt_spec_free(&spec);
+  if (!rc && g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "save", "cancelled by SIGTERM");
+  if (rc) {
+    free(report);
+    mopt_model_destroy(m);
+    if (rc == MOPT_ECANCELLED) return emit_error(rc, &d, CLI_INTERNAL);
+    return emit_error(rc, &d, cli_exit_code(rc));
+  }
+  on_progress(1.0, "save", &p);
+  rc = mopt_model_save_file(m, out, &d);
+  mopt_model_destroy(m);
+  if (!rc && report) rc = cli_write_file_atomic(rep, report, strlen(report), &d);
+  free(report);
+  if (rc) {
+    unlink(out);
+    return emit_error(rc, &d, CLI_INTERNAL);
+  }
+  struct stat st;
+  long long bytes = stat(out, &st) == 0 ? (long long)st.st_size : -1;
+  emit(json_pack("{s:s, s:I}", "event", "done", "output_bytes", (json_int_t)bytes));
+  return CLI_OK;
+}

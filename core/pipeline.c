@@ -1,0 +1,703 @@
+/* pipeline.c — runs a job spec on a loaded model: select weights, decode each to a float working
+ * copy, run the passes in order on a working state that remembers structure (zero mask, centroid
+ * table + indices, quantization parameters, float16 halves, low-rank factors), then encode each
+ * tensor once with the encoder matching its final state.
+ *
+ * Tensors stream one at a time (decode → passes → encode → free), so peak memory is the model
+ * plus one tensor's working copies. The one cross-tensor decision, a global pruning threshold,
+ * is found beforehand with two radix-histogram sweeps that replay the passes before it; that
+ * replays deterministic work (time) to avoid holding every tensor in memory (space).
+ *
+ * Chains preserve structure: prune → cluster keeps zeros as their own exact centroid;
+ * prune → quantize keeps zeros exact (the zero point is an integer); cluster → quantize uses the
+ * cluster granularity so every centroid maps to one quantized value (the distinct count cannot
+ * grow); quantize/fp16 → prune re-encodes with the same parameters. Low-rank is terminal: later
+ * passes skip a decomposed tensor and say so in the report.
+ */
+#include <fnmatch.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels.h"
+#include "mopt.h"
+#include "pipeline_int.h"
+
+typedef struct wstate {
+  const mopt_weight *w;
+  size_t n;
+  float *vals, *orig;
+  int pruned;
+  /* clustered */
+  int clustered;
+  int32_t k, caxis;
+  size_t n_tables;
+  float *table;
+  uint8_t *idx;
+  mopt_cluster_enc cenc;
+  /* quantized */
+  int quantized;
+  mopt_qlayout ql;
+  int32_t qtype, qaxis;
+  size_t ng;
+  float *scales;
+  int32_t *zps, *q;
+  /* float16 */
+  int f16;
+  uint16_t *halves;
+  uint64_t clamped;
+  /* low rank (consumed layout r x c) */
+  int lowrank;
+  int64_t rank, lr_r, lr_c;
+  float *a, *b;
+} wstate;
+
+typedef struct pctx {
+  mopt_model *m;
+  const mopt_spec *spec;
+  mopt_progress_fn progress;
+  void *progress_ctx;
+  mopt_diag *diag;
+  int64_t opset;
+  uint32_t thr[MOPT_MAX_PASSES];
+  uint64_t ties[MOPT_MAX_PASSES];
+  double units_done, units_total;
+  int want_report;
+  mopt_report *rep;
+} pctx;
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static void drop_cluster(wstate *s) {
+  free(s->table);
+  free(s->idx);
+  s->table = NULL;
+  s->idx = NULL;
+  s->clustered = 0;
+}
+static void drop_quant(wstate *s) {
+  free(s->scales);
+  free(s->zps);
+  free(s->q);
+  s->scales = NULL;
+  s->zps = s->q = NULL;
+  s->quantized = 0;
+}
+static void drop_f16(wstate *s) {
+  free(s->halves);
+  s->halves = NULL;
+  s->f16 = 0;
+}
+static void state_free(wstate *s) {
+  drop_cluster(s);
+  drop_quant(s);
+  drop_f16(s);
+  free(s->a);
+  free(s->b);
+  free(s->vals);
+  free(s->orig);
+  memset(s, 0, sizeof *s);
+}
+
+static int is_float_dtype(int32_t dt) {
+  return dt == MOPT_DT_FLOAT || dt == MOPT_DT_FLOAT16 || dt == MOPT_DT_BFLOAT16 ||
+         dt == MOPT_DT_DOUBLE;
+}
+
+static int selected(const mopt_spec *sp, const mopt_weight *w) {
+  if (!w->is_weight || !is_float_dtype(w->dtype) || w->nelem < sp->min_elements) return 0;
+  if (w->nelem == 0) return 0;
+  if (sp->n_include) {
+    int any = 0;
+    for (size_t i = 0; i < sp->n_include && !any; i++)
+      any = fnmatch(sp->include[i], w->name, 0) == 0;
+    if (!any) return 0;
+  }
+  for (size_t i = 0; i < sp->n_exclude; i++)
+    if (fnmatch(sp->exclude[i], w->name, 0) == 0) return 0;
+  return 1;
+}
+
+static uint64_t tensor_seed(uint64_t seed, uint32_t index, size_t pass, uint64_t extra) {
+  uint64_t s = seed ^ ((uint64_t)index << 32) ^ ((uint64_t)pass << 20) ^ extra;
+  return mopt_rng_next(&s);
+}
+
+static int validate_spec(const mopt_spec *sp, mopt_diag *d) {
+  char where[64];
+  if (sp->n_passes > MOPT_MAX_PASSES)
+    return mopt_diag_set(d, MOPT_ESPEC, "/passes", "at most %d passes", MOPT_MAX_PASSES);
+  for (size_t i = 0; i < sp->n_passes; i++) {
+    const mopt_pass *p = &sp->passes[i];
+    snprintf(where, sizeof where, "/passes/%zu", i);
+    switch (p->op) {
+    case MOPT_PASS_PRUNE:
+      if (p->pattern == MOPT_PRUNE_NM) {
+        if (p->nm_m < 1 || p->nm_m > 256 || p->nm_n < 0 || p->nm_n >= p->nm_m)
+          return mopt_diag_set(d, MOPT_ESPEC, where, "N:M pattern %d:%d needs 0 <= N < M <= 256",
+                               p->nm_n, p->nm_m);
+      } else if (!(p->sparsity >= 0.0 && p->sparsity < 1.0)) {
+        return mopt_diag_set(d, MOPT_ESPEC, where, "sparsity %g is outside [0, 1)", p->sparsity);
+      }
+      if (p->pattern == MOPT_PRUNE_BLOCK && (p->block_r < 1 || p->block_c < 1))
+        return mopt_diag_set(d, MOPT_ESPEC, where, "block pattern needs positive RxC");
+      if (p->pattern == MOPT_PRUNE_CHANNEL && p->channel_norm != 1 && p->channel_norm != 2)
+        return mopt_diag_set(d, MOPT_ESPEC, where, "channel norm must be 1 (L1) or 2 (L2)");
+      if (p->pattern < MOPT_PRUNE_UNSTRUCTURED || p->pattern > MOPT_PRUNE_CHANNEL)
+        return mopt_diag_set(d, MOPT_ESPEC, where, "unknown prune pattern");
+      break;
+    case MOPT_PASS_CLUSTER:
+      if (p->clusters < 2 || p->clusters > 256)
+        return mopt_diag_set(d, MOPT_ESPEC, where, "clusters %d is outside 2..256", p->clusters);
+      break;
+    case MOPT_PASS_QUANTIZE: {
+      int32_t a, b;
+      if (mopt_qrange(p->qtype, &a, &b) != 0)
+        return mopt_diag_set(d, MOPT_ESPEC, where, "dtype must be int8, uint8, int4 or uint4");
+      if (p->granularity == MOPT_GRAN_BLOCK && (p->block_size < 1 || p->block_size > 65536))
+        return mopt_diag_set(d, MOPT_ESPEC, where, "block_size %d is out of range", p->block_size);
+      if (p->activations == MOPT_ACT_DYNAMIC)
+        return mopt_diag_set(d, MOPT_EUNSUPPORTED, where,
+                             "activations \"dynamic\" (DynamicQuantizeLinear + MatMulInteger) is "
+                             "not supported yet; use weight-only quantization");
+      break;
+    }
+    case MOPT_PASS_FP16:
+      break;
+    case MOPT_PASS_DECOMPOSE:
+      if (p->rank <= 0 && !(p->energy > 0.0 && p->energy <= 1.0))
+        return mopt_diag_set(d, MOPT_ESPEC, where, "energy %g is outside (0, 1]", p->energy);
+      break;
+    default:
+      return mopt_diag_set(d, MOPT_ESPEC, where, "unknown pass op %d", (int)p->op);
+    }
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- passes ---- */
+
+static void note_set(char *note, const char *msg) {
+  if (note && !note[0]) snprintf(note, 96, "%s", msg);
+}
+
+static int after_value_change(wstate *s, char *note) {
+  if (s->quantized)
+    mopt_quantize_apply(s->vals, &s->ql, s->qtype, s->scales, s->zps, s->q, s->vals);
+  if (s->f16) {
+    s->clamped += mopt_fp16_convert(s->vals, s->n, s->halves);
+    for (size_t i = 0; i < s->n; i++) s->vals[i] = mopt_f16_to_f32(s->halves[i]);
+  }
+  if (s->clustered) {
+    drop_cluster(s);
+    note_set(note, "centroid table dropped: values re-pruned after clustering");
+  }
+  return 0;
+}
+
+static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  const mopt_weight *w = s->w;
+  switch (p->pattern) {
+  case MOPT_PRUNE_UNSTRUCTURED:
+    if (p->scope == MOPT_SCOPE_GLOBAL && !global_phase)
+      mopt_prune_threshold(s->vals, s->n, c->thr[pi], &c->ties[pi]);
+    else if (p->scope != MOPT_SCOPE_GLOBAL)
+      mopt_prune_unstructured(s->vals, s->n, p->sparsity, NULL);
+    break;
+  case MOPT_PRUNE_NM: {
+    int32_t ax = w->reduction_axis >= 0 ? w->reduction_axis : w->ndim - 1;
+    mopt_prune_nm(s->vals, mopt_view_make(w->dims, w->ndim, ax), p->nm_n, p->nm_m);
+    if (w->reduction_axis < 0) note_set(note, "no reduction axis: N:M along the last axis");
+    break;
+  }
+  case MOPT_PRUNE_BLOCK: {
+    int64_t rows = w->ndim >= 1 ? w->dims[0] : 1;
+    int64_t cols = rows ? (int64_t)s->n / rows : 0;
+    mopt_prune_blocks(s->vals, rows, cols, p->block_r, p->block_c, p->sparsity);
+    break;
+  }
+  case MOPT_PRUNE_CHANNEL:
+    if (w->channel_axis < 0) {
+      note_set(note, "skipped: no output-channel axis");
+      return 0;
+    }
+    mopt_prune_channels(s->vals, mopt_view_make(w->dims, w->ndim, w->channel_axis),
+                        p->channel_norm, p->sparsity);
+    break;
+  }
+  s->pruned = 1;
+  return after_value_change(s, note);
+}
+
+static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  const mopt_weight *w = s->w;
+  if (s->quantized || s->f16) {
+    drop_quant(s);
+    drop_f16(s);
+    note_set(note, "earlier quantized/float16 form replaced by clusters of its values");
+  }
+  drop_cluster(s);
+  int keep_zero = s->pruned || mopt_sparsity(s->vals, s->n) >= 0.05;
+  int32_t k = p->clusters;
+  int32_t axis = p->granularity == MOPT_GRAN_PER_CHANNEL ? w->channel_axis : -1;
+  if (p->granularity == MOPT_GRAN_PER_CHANNEL && axis < 0)
+    note_set(note, "no output-channel axis: clustered per tensor");
+  mopt_axis_view v = mopt_view_make(w->dims, w->ndim, axis);
+  size_t nt = axis < 0 ? 1 : (size_t)v.dim;
+  s->table = malloc(nt * (size_t)k * sizeof *s->table);
+  s->idx = malloc(s->n);
+  if (!s->table || !s->idx) return MOPT_ENOMEM;
+  mopt_km_init init = (mopt_km_init)p->init;
+  if (axis < 0) {
+    int rc = mopt_cluster_values(s->vals, s->n, 1, k, init,
+                                 tensor_seed(c->spec->seed, w->index, pi, 0), keep_zero,
+                                 s->table, s->idx);
+    if (rc) return rc;
+    for (size_t i = 0; i < s->n; i++) s->vals[i] = s->table[s->idx[i]];
+  } else {
+    size_t per = (size_t)(v.outer * v.inner);
+    float *buf = malloc(per * sizeof *buf);
+    uint8_t *bi = malloc(per);
+    if (!buf || !bi) { free(buf); free(bi); return MOPT_ENOMEM; }
+    for (int64_t d = 0; d < v.dim; d++) {
+      size_t m = 0;
+      for (int64_t o = 0; o < v.outer; o++)
+        for (int64_t i = 0; i < v.inner; i++) buf[m++] = s->vals[(o * v.dim + d) * v.inner + i];
+      float *tab = s->table + (size_t)d * (size_t)k;
+      int rc = mopt_cluster_values(buf, per, 1, k, init,
+                                   tensor_seed(c->spec->seed, w->index, pi, (uint64_t)d + 1),
+                                   keep_zero, tab, bi);
+      if (rc) { free(buf); free(bi); return rc; }
+      m = 0;
+      for (int64_t o = 0; o < v.outer; o++)
+        for (int64_t i = 0; i < v.inner; i++, m++) {
+          size_t e = (size_t)((o * v.dim + d) * v.inner + i);
+          s->idx[e] = bi[m];
+          s->vals[e] = tab[bi[m]];
+        }
+    }
+    free(buf);
+    free(bi);
+  }
+  s->clustered = 1;
+  s->k = k;
+  s->caxis = axis;
+  s->n_tables = nt;
+  s->cenc = p->encoding;
+  return 0;
+}
+
+static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  const mopt_weight *w = s->w;
+  mopt_gran gran = p->granularity;
+  int32_t axis = -1;
+  if (s->clustered) {
+    /* one quantized value per centroid: quantization groups may not split a centroid table */
+    if (s->caxis < 0 && gran != MOPT_GRAN_PER_TENSOR) {
+      gran = MOPT_GRAN_PER_TENSOR;
+      note_set(note, "per-tensor centroids: quantized per tensor so distinct values do not grow");
+    } else if (s->caxis >= 0 && gran != MOPT_GRAN_PER_TENSOR) {
+      gran = MOPT_GRAN_PER_CHANNEL;
+      axis = s->caxis;
+      if (p->granularity == MOPT_GRAN_BLOCK)
+        note_set(note, "per-channel centroids: quantized per channel so distinct values do not grow");
+    }
+  }
+  if (gran == MOPT_GRAN_PER_CHANNEL && axis < 0) {
+    axis = w->channel_axis;
+    if (axis < 0) {
+      gran = MOPT_GRAN_PER_TENSOR;
+      note_set(note, "no output-channel axis: quantized per tensor");
+    }
+  }
+  if (gran == MOPT_GRAN_BLOCK) {
+    axis = w->reduction_axis >= 0 ? w->reduction_axis : w->ndim - 1;
+    if (w->reduction_axis < 0) note_set(note, "no reduction axis: blocks along the last axis");
+    if (axis < 0) { gran = MOPT_GRAN_PER_TENSOR; axis = -1; }
+  }
+  if (gran == MOPT_GRAN_PER_TENSOR) axis = -1;
+  drop_quant(s);
+  if (s->f16) {
+    drop_f16(s);
+    note_set(note, "float16 form replaced by quantization of its values");
+  }
+  mopt_qlayout l = {(int32_t)gran, mopt_view_make(w->dims, w->ndim, axis),
+                    gran == MOPT_GRAN_BLOCK ? p->block_size : 0};
+  mopt_qconfig qc = {p->qtype, p->symmetric, p->mse_search};
+  size_t ng = mopt_qlayout_groups(&l);
+  s->scales = malloc(ng * sizeof *s->scales);
+  s->zps = malloc(ng * sizeof *s->zps);
+  s->q = malloc(s->n * sizeof *s->q);
+  if (!s->scales || !s->zps || !s->q) return MOPT_ENOMEM;
+  int rc = mopt_quantize_tensor(s->vals, &l, &qc, s->scales, s->zps, s->q, s->vals);
+  if (rc) return rc;
+  s->quantized = 1;
+  s->ql = l;
+  s->qtype = p->qtype;
+  s->qaxis = axis;
+  s->ng = ng;
+  /* the quantized tensor is the final form: at most one value per centroid (<= k distinct) */
+  if (s->clustered) drop_cluster(s);
+  return 0;
+}
+
+static int pass_fp16(wstate *s, char *note) {
+  if (s->quantized || s->clustered) {
+    drop_quant(s);
+    drop_cluster(s);
+    note_set(note, "earlier quantized/clustered form stored as float16 values");
+  }
+  drop_f16(s);
+  s->halves = malloc(s->n * sizeof *s->halves);
+  if (!s->halves) return MOPT_ENOMEM;
+  s->clamped += mopt_fp16_convert(s->vals, s->n, s->halves);
+  for (size_t i = 0; i < s->n; i++) s->vals[i] = mopt_f16_to_f32(s->halves[i]);
+  s->f16 = 1;
+  return 0;
+}
+
+static int pass_decompose(pctx *c, wstate *s, size_t pi, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  const mopt_weight *w = s->w;
+  if (w->ndim != 2 || !w->consumer_op ||
+      (strcmp(w->consumer_op, "MatMul") != 0 && strcmp(w->consumer_op, "Gemm") != 0)) {
+    note_set(note, "skipped: only 2-D MatMul/Gemm weights are decomposed");
+    return 0;
+  }
+  int trans = w->reduction_axis == 1;           /* Gemm transB: stored [N, K] */
+  int64_t r = trans ? w->dims[1] : w->dims[0], cc = trans ? w->dims[0] : w->dims[1];
+  float *wc = s->vals;
+  if (trans) {
+    wc = calloc(s->n, sizeof *wc);
+    if (!wc) return MOPT_ENOMEM;
+    for (int64_t i = 0; i < r; i++)
+      for (int64_t j = 0; j < cc; j++) wc[i * cc + j] = s->vals[j * r + i];
+  }
+  int64_t rank = 0;
+  float *a = NULL, *b = NULL;
+  int rc = mopt_svd_lowrank(wc, r, cc, p->energy, p->rank, &rank, &a, &b);
+  if (trans) free(wc);
+  if (rc == 1) {
+    note_set(note, "skipped: the chosen rank would not reduce parameters");
+    return 0;
+  }
+  if (rc) {
+    if (rc == MOPT_EINTERNAL)
+      return mopt_diag_set(c->diag, rc, w->name, "SVD did not converge");
+    return rc;
+  }
+  drop_quant(s);
+  drop_cluster(s);
+  drop_f16(s);
+  for (int64_t i = 0; i < r; i++)
+    for (int64_t j = 0; j < cc; j++) {
+      double acc = 0.0;
+      for (int64_t t = 0; t < rank; t++) acc += (double)a[i * rank + t] * b[t * cc + j];
+      s->vals[trans ? j * r + i : i * cc + j] = (float)acc;
+    }
+  s->lowrank = 1;
+  s->rank = rank;
+  s->lr_r = r;
+  s->lr_c = cc;
+  s->a = a;
+  s->b = b;
+  s->pruned = 0;
+  return 0;
+}
+
+static int run_pass(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  if (s->lowrank) {
+    note_set(note, "skipped: tensor was decomposed by an earlier pass");
+    return 0;
+  }
+  switch (p->op) {
+  case MOPT_PASS_PRUNE: return pass_prune(c, s, pi, global_phase, note);
+  case MOPT_PASS_CLUSTER: return pass_cluster(c, s, pi, note);
+  case MOPT_PASS_QUANTIZE: return pass_quantize(c, s, pi, note);
+  case MOPT_PASS_FP16: return pass_fp16(s, note);
+  case MOPT_PASS_DECOMPOSE: return pass_decompose(c, s, pi, note);
+  }
+  return MOPT_EINVAL;
+}
+
+static int report_progress(pctx *c, const char *step) {
+  if (!c->progress) return 0;
+  double f = c->units_total > 0 ? c->units_done / c->units_total : 1.0;
+  if (f > 1.0) f = 1.0;
+  if (c->progress(f, step, c->progress_ctx) != 0)
+    return mopt_diag_set(c->diag, MOPT_ECANCELLED, step, "cancelled during %s", step);
+  return 0;
+}
+
+static int decode(pctx *c, const mopt_weight *w, wstate *s, int keep_orig) {
+  memset(s, 0, sizeof *s);
+  s->w = w;
+  s->n = (size_t)w->nelem;
+  int rc = mopt_weight_read_f32(c->m, w, &s->vals, c->diag);
+  if (rc) return rc;
+  for (size_t i = 0; i < s->n; i++)
+    if (!isfinite(s->vals[i])) {
+      state_free(s);
+      return mopt_diag_set(c->diag, MOPT_EMODEL, w->name,
+                           "weight holds a non-finite value at element %zu", i);
+    }
+  if (keep_orig) {
+    s->orig = malloc(s->n * sizeof *s->orig);
+    if (!s->orig) { state_free(s); return MOPT_ENOMEM; }
+    memcpy(s->orig, s->vals, s->n * sizeof *s->orig);
+  }
+  return 0;
+}
+
+/* Global threshold for pass g: two histogram sweeps over every selected tensor after replaying
+ * passes [0, g) (thresholds of earlier global prunes are already known). */
+static int global_threshold(pctx *c, mopt_weight *ws, size_t nw, size_t g) {
+  uint64_t *h = calloc(65536, sizeof *h);
+  if (!h) return MOPT_ENOMEM;
+  uint64_t total = 0, below_hi = 0, below_lo = 0, nz = 0;
+  uint32_t top = 0;
+  int rc = 0;
+  uint64_t saved_ties[MOPT_MAX_PASSES];
+  for (int sweep = 0; sweep < 2 && !rc; sweep++) {
+    memcpy(saved_ties, c->ties, sizeof saved_ties);
+    for (size_t i = 0; i < nw && !rc; i++) {
+      if (!selected(c->spec, &ws[i])) continue;
+      if ((rc = report_progress(c, "prune"))) break;
+      wstate s;
+      if ((rc = decode(c, &ws[i], &s, 0))) break;
+      for (size_t p = 0; p < g && !rc; p++) rc = run_pass(c, &s, p, 1, NULL);
+      if (!rc && !s.lowrank) {
+        if (sweep == 0) { mopt_abs_hist_hi(s.vals, s.n, h); total += s.n; }
+        else mopt_abs_hist_lo(s.vals, s.n, top, h);
+      }
+      state_free(&s);
+    }
+    memcpy(c->ties, saved_ties, sizeof saved_ties);
+    if (rc) break;
+    if (sweep == 0) {
+      double t = nearbyint(c->spec->passes[g].sparsity * (double)total);
+      nz = t >= (double)total ? total : (uint64_t)t;
+      if (nz == 0) break;
+      top = mopt_kth_pick(h, nz - 1, &below_hi);
+      memset(h, 0, 65536 * sizeof *h);
+    } else {
+      uint32_t low = mopt_kth_pick(h, nz - 1 - below_hi, &below_lo);
+      c->thr[g] = top << 16 | low;
+      c->ties[g] = nz - below_hi - below_lo;
+    }
+  }
+  if (!rc && nz == 0) { c->thr[g] = 0; c->ties[g] = 0; }
+  free(h);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- encode ---- */
+
+static uint64_t bits_bytes(uint64_t n, int bits) { return (n * (uint64_t)bits + 7) / 8; }
+
+static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
+  const mopt_weight *w = s->w;
+  int rc = 0;
+  uint64_t before = bits_bytes(s->n, mopt_dtype_bits(w->dtype));
+  const char *enc = "unchanged";
+  char dt_after[16];
+  snprintf(dt_after, sizeof dt_after, "%s", mopt_dtype_name(w->dtype));
+  uint64_t after = before;
+  if (s->lowrank) {
+    rc = mopt_weight_set_lowrank(c->m, w, s->rank, s->a, s->b, c->diag);
+    enc = "lowrank";
+    after = (uint64_t)(s->rank * (s->lr_r + s->lr_c)) * 4;
+    snprintf(dt_after, sizeof dt_after, "float32");
+  } else if (s->quantized) {
+    int all_zero = 1;
+    for (size_t g = 0; g < s->ng && all_zero; g++) all_zero = s->zps[g] == 0;
+    mopt_qtensor qt = {s->qtype, s->qaxis, s->ql.gran == 2 ? s->ql.block_size : 0, s->q,
+                       s->scales, all_zero ? NULL : s->zps, s->ng};
+    rc = mopt_weight_set_quantized(c->m, w, &qt, c->diag);
+    enc = "quantized";
+    int bits = mopt_dtype_bits(s->qtype);
+    after = bits_bytes(s->n, bits) + s->ng * 4 + (all_zero ? 0 : bits_bytes(s->ng, bits));
+    snprintf(dt_after, sizeof dt_after, "%s", mopt_dtype_name(s->qtype));
+  } else if (s->clustered && s->cenc == MOPT_ENC_LUT) {
+    mopt_lut lut = {s->k, s->caxis, s->n_tables, s->idx, s->table};
+    rc = mopt_weight_set_lut(c->m, w, &lut, c->diag);
+    enc = "lut";
+    int four = s->k <= 16 && c->opset >= 21;
+    after = (four ? (s->n + 1) / 2 : s->n) + s->n_tables * (uint64_t)s->k * 4;
+    snprintf(dt_after, sizeof dt_after, four ? "uint4" : "uint8");
+  } else if (s->f16) {
+    rc = mopt_weight_set_f16(c->m, w, s->halves, c->diag);
+    enc = "float16";
+    after = s->n * 2;
+    snprintf(dt_after, sizeof dt_after, "float16");
+  } else if (memcmp(s->vals, s->orig, s->n * sizeof *s->vals) != 0) {
+    rc = mopt_weight_set_dense(c->m, w, s->vals, c->diag);
+    enc = "dense";
+  }
+  if (rc) return rc;
+  if (rt) {
+    rt->encoding = enc;
+    rt->bytes_before = before;
+    rt->bytes_after = after;
+    snprintf(rt->dtype_after, sizeof rt->dtype_after, "%s", dt_after);
+  }
+  return 0;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static int save_sizes(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes) {
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  int rc = mopt_model_save(m, &buf, &len);
+  if (rc) return rc;
+  *bytes = len;
+  *zbytes = mopt_zstd_size(buf, len);
+  free(buf);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- driver ---- */
+
+int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn progress,
+                      void *progress_ctx, char **report_json, mopt_diag *diag) {
+  if (report_json) *report_json = NULL;
+  if (!m || !spec) return MOPT_EINVAL;
+  double t_start = now_ms();
+  int rc = validate_spec(spec, diag);
+  if (rc) return rc;
+  mopt_report rep;
+  memset(&rep, 0, sizeof rep);
+  pctx c = {.m = m, .spec = spec, .progress = progress, .progress_ctx = progress_ctx,
+            .diag = diag, .want_report = report_json != NULL, .rep = &rep};
+  mopt_model_info info;
+  if ((rc = mopt_model_info_get(m, &info))) return rc;
+  c.opset = info.default_opset;
+  mopt_weight *ws = NULL;
+  size_t nw = 0;
+  if ((rc = mopt_model_weights(m, &ws, &nw))) return rc;
+  rep.weights_total = nw;
+  rep.seed = spec->seed;
+  rep.n_passes = spec->n_passes;
+  for (size_t p = 0; p < spec->n_passes; p++) rep.p[p].op = spec->passes[p].op;
+  if (c.want_report && (rc = save_sizes(m, &rep.file_bytes_before, &rep.zstd_bytes_before)))
+    goto out;
+
+  size_t nsel = 0;
+  for (size_t i = 0; i < nw; i++) nsel += selected(spec, &ws[i]);
+  c.units_total = (double)nsel * (double)(spec->n_passes + 1);
+
+  for (size_t g = 0; g < spec->n_passes; g++) {
+    const mopt_pass *p = &spec->passes[g];
+    if (p->op == MOPT_PASS_PRUNE && p->pattern == MOPT_PRUNE_UNSTRUCTURED &&
+        p->scope == MOPT_SCOPE_GLOBAL) {
+      double t0 = now_ms();
+      if ((rc = global_threshold(&c, ws, nw, g))) goto out;
+      rep.p[g].time_ms += now_ms() - t0;
+    }
+  }
+
+  if (c.want_report && nsel) {
+    rep.t = calloc(nsel, sizeof *rep.t);
+    if (!rep.t) { rc = MOPT_ENOMEM; goto out; }
+    rep.cap_tensors = nsel;
+  }
+
+  for (size_t i = 0; i < nw; i++) {
+    const mopt_weight *w = &ws[i];
+    if (!selected(spec, w)) continue;
+    wstate s;
+    double t0 = now_ms();
+    if ((rc = decode(&c, w, &s, 1))) goto out;
+    rep.decode_ms += now_ms() - t0;
+    mopt_rep_tensor *rt = NULL;
+    uint64_t dist = 0;
+    double sp = 0.0;
+    if (c.want_report) {
+      rt = &rep.t[rep.n_tensors++];
+      rt->name = dup_or_null(w->name);
+      rt->graph_path = dup_or_null(w->graph_path);
+      rt->consumer = dup_or_null(w->consumer_op);
+      rt->loc = w->loc;
+      rt->ndim = w->ndim;
+      memcpy(rt->dims, w->dims, sizeof rt->dims);
+      rt->dtype_before = w->dtype;
+      rt->n_passes = spec->n_passes;
+      dist = rt->distinct_before = mopt_count_distinct(s.vals, s.n);
+      sp = rt->sparsity_before = mopt_sparsity(s.vals, s.n);
+    }
+    for (size_t p = 0; p < spec->n_passes; p++) {
+      if ((rc = report_progress(&c, mopt_pass_name(spec->passes[p].op)))) { state_free(&s); goto out; }
+      char *note = rt ? rt->passes[p].note : NULL;
+      t0 = now_ms();
+      rc = run_pass(&c, &s, p, 0, note);
+      rep.p[p].time_ms += now_ms() - t0;
+      if (rc) {
+        if (diag && !diag->msg[0]) mopt_diag_set(diag, rc, w->name, "%s failed: %s",
+                                                 mopt_pass_name(spec->passes[p].op), mopt_strerror(rc));
+        state_free(&s);
+        goto out;
+      }
+      c.units_done += 1.0;
+      if (rt) {
+        mopt_rep_pass *rp = &rep.p[p];
+        rp->tensors++;
+        rp->elems += s.n;
+        rp->zeros_before += (uint64_t)nearbyint(sp * (double)s.n);
+        rp->distinct_before += dist;
+        sp = mopt_sparsity(s.vals, s.n);
+        dist = mopt_count_distinct(s.vals, s.n);
+        rp->zeros_after += (uint64_t)nearbyint(sp * (double)s.n);
+        rp->distinct_after += dist;
+        rt->passes[p].sparsity = sp;
+        rt->passes[p].distinct = dist;
+      }
+    }
+    if ((rc = report_progress(&c, "encode"))) { state_free(&s); goto out; }
+    if (rt) {
+      rt->sparsity = sp;
+      rt->distinct = dist;
+      rt->snr_db = mopt_snr_db(s.orig, s.vals, s.n, &rt->max_abs_err);
+      rt->fp16_clamped = s.clamped;
+      rt->rank = s.lowrank ? s.rank : 0;
+    }
+    t0 = now_ms();
+    rc = encode(&c, &s, rt);
+    rep.encode_ms += now_ms() - t0;
+    state_free(&s);
+    if (rc) goto out;
+    c.units_done += 1.0;
+    if (rt) {
+      rep.weight_bytes_before += rt->bytes_before;
+      rep.weight_bytes_after += rt->bytes_after;
+    }
+  }
+  if ((rc = mopt_model_prune_unused(m))) {
+    mopt_diag_set(diag, rc, "model", "removing unused tensors failed: %s", mopt_strerror(rc));
+    goto out;
+  }
+  if (c.want_report) {
+    double t0 = now_ms();
+    if ((rc = save_sizes(m, &rep.file_bytes_after, &rep.zstd_bytes_after))) goto out;
+    rep.save_ms = now_ms() - t0;
+    rep.total_ms = now_ms() - t_start;
+    rep.peak_rss_bytes = mopt_peak_rss();
+    *report_json = mopt_report_json(&rep);
+    if (!*report_json) rc = MOPT_ENOMEM;
+  }
+  if (progress && !rc && progress(1.0, "encode", progress_ctx) != 0)
+    rc = mopt_diag_set(diag, MOPT_ECANCELLED, "done", "cancelled");
+out:
+  mopt_report_free(&rep);
+  return rc;
+}

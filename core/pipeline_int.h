@@ -1,0 +1,76 @@
+/* pipeline_int.h — the pipeline's report records and the JSON writer (pipeline.c, report.c).
+ * Internal to core/. */
+#ifndef MOPT_PIPELINE_INT_H
+#define MOPT_PIPELINE_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mopt.h"
+
+/* Growable string with sticky out-of-memory state. */
+typedef struct mopt_sb { char *buf; size_t len, cap; int oom; } mopt_sb;
+void mopt_sb_puts(mopt_sb *s, const char *str);
+void mopt_sb_printf(mopt_sb *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Writes str as a JSON string literal (quotes, escapes, control chars as \u00XX); NULL → null. */
+void mopt_sb_json_str(mopt_sb *s, const char *str);
+/* Writes a JSON number, or null when not finite. */
+void mopt_sb_json_num(mopt_sb *s, double v);
+
+/* One tensor after one pass. */
+typedef struct mopt_rep_tpass {
+  double sparsity;
+  uint64_t distinct;
+  char note[96];              /* why a pass skipped or changed what it did; "" when plain */
+} mopt_rep_tpass;
+
+typedef struct mopt_rep_tensor {
+  char *name, *graph_path, *consumer;   /* owned copies */
+  int32_t loc;
+  int32_t ndim;
+  int64_t dims[8];
+  int32_t dtype_before;
+  char dtype_after[16];
+  const char *encoding;       /* "unchanged", "dense", "quantized", "lut", "float16", "lowrank" */
+  uint64_t bytes_before, bytes_after;
+  double sparsity_before, sparsity;
+  uint64_t distinct_before, distinct;
+  double snr_db, max_abs_err;
+  uint64_t fp16_clamped;
+  int64_t rank;
+  size_t n_passes;
+  mopt_rep_tpass passes[MOPT_MAX_PASSES];
+} mopt_rep_tensor;
+
+typedef struct mopt_rep_pass {
+  int32_t op;
+  double time_ms;
+  uint64_t tensors;                     /* tensors the pass changed or visited */
+  uint64_t elems, zeros_before, zeros_after;
+  uint64_t distinct_before, distinct_after;   /* sums over tensors */
+} mopt_rep_pass;
+
+typedef struct mopt_report {
+  size_t n_tensors, cap_tensors;
+  mopt_rep_tensor *t;
+  size_t n_passes;
+  mopt_rep_pass p[MOPT_MAX_PASSES];
+  uint64_t weights_total;
+  uint64_t seed;
+  uint64_t file_bytes_before, file_bytes_after, zstd_bytes_before, zstd_bytes_after;
+  uint64_t weight_bytes_before, weight_bytes_after;
+  double decode_ms, encode_ms, save_ms, total_ms;
+  uint64_t peak_rss_bytes;
+} mopt_report;
+
+void mopt_report_free(mopt_report *r);
+/* Renders the report; returns a malloc'd NUL-terminated string or NULL on ENOMEM. */
+char *mopt_report_json(const mopt_report *r);
+/* zstd level-3 compressed size of buf (0 on failure). */
+uint64_t mopt_zstd_size(const uint8_t *buf, size_t len);
+/* Peak resident set size of this process in bytes (getrusage). */
+uint64_t mopt_peak_rss(void);
+/* Short name of a pass op ("prune", …). */
+const char *mopt_pass_name(int32_t op);
+
+#endif

@@ -1,0 +1,218 @@
+/* report.c — the optimization report as JSON, written by hand (core links no JSON library),
+ * plus the measurements only the report needs: zstd-compressed sizes and peak RSS.
+ *
+ * Trade-off: a tiny string builder with correct escaping instead of a JSON library keeps core's
+ * dependency list short; the shape is fixed and documented below, so a writer is enough.
+ *
+ * Shape: {"version","seed","tensors":[{name, graph_path, location, consumer, shape,
+ *   dtype_before, dtype_after, encoding, bytes_before, bytes_after, sparsity_before, sparsity,
+ *   distinct_values_before, distinct_values, snr_db, max_abs_error, fp16_clamped, rank,
+ *   anchored, passes:[{op, sparsity, distinct_values, note}]}],
+ *  "passes":[{op, time_ms, tensors, sparsity_before, sparsity_after, distinct_before,
+ *   distinct_after}],
+ *  "totals":{weights_total, tensors_selected, file_bytes_before, file_bytes_after,
+ *   zstd_bytes_before, zstd_bytes_after, weight_bytes_before, weight_bytes_after, decode_ms,
+ *   encode_ms, save_ms, time_ms, peak_rss_bytes}}
+ */
+#include "pipeline_int.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <zstd.h>
+
+static void sb_reserve(mopt_sb *s, size_t extra) {
+  if (s->oom) return;
+  if (s->len + extra + 1 <= s->cap) return;
+  size_t nc = s->cap ? s->cap : 1024;
+  while (nc < s->len + extra + 1) nc *= 2;
+  char *nb = realloc(s->buf, nc);
+  if (!nb) { s->oom = 1; return; }
+  s->buf = nb;
+  s->cap = nc;
+}
+
+void mopt_sb_puts(mopt_sb *s, const char *str) {
+  size_t n = strlen(str);
+  sb_reserve(s, n);
+  if (s->oom) return;
+  memcpy(s->buf + s->len, str, n + 1);
+  s->len += n;
+}
+
+void mopt_sb_printf(mopt_sb *s, const char *fmt, ...) {
+  char tmp[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n < sizeof tmp) { mopt_sb_puts(s, tmp); return; }
+  sb_reserve(s, (size_t)n);
+  if (s->oom) return;
+  va_start(ap, fmt);
+  vsnprintf(s->buf + s->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  s->len += (size_t)n;
+}
+
+void mopt_sb_json_str(mopt_sb *s, const char *str) {
+  if (!str) { mopt_sb_puts(s, "null"); return; }
+  sb_reserve(s, strlen(str) + 2);
+  mopt_sb_puts(s, "\"");
+  for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+    char esc[8];
+    switch (*p) {
+    case '"': mopt_sb_puts(s, "\\\""); break;
+    case '\\': mopt_sb_puts(s, "\\\\"); break;
+    case '\n': mopt_sb_puts(s, "\\n"); break;
+    case '\r': mopt_sb_puts(s, "\\r"); break;
+    case '\t': mopt_sb_puts(s, "\\t"); break;
+    case '\b': mopt_sb_puts(s, "\\b"); break;
+    case '\f': mopt_sb_puts(s, "\\f"); break;
+    default:
+      if (*p < 0x20 || *p == 0x7f) {
+        snprintf(esc, sizeof esc, "\\u%04x", *p);
+        mopt_sb_puts(s, esc);
+      } else {
+        esc[0] = (char)*p;
+        esc[1] = 0;
+        mopt_sb_puts(s, esc);   /* UTF-8 bytes pass through; names come from protobuf strings */
+      }
+    }
+  }
+  mopt_sb_puts(s, "\"");
+}
+
+void mopt_sb_json_num(mopt_sb *s, double v) {
+  if (!isfinite(v)) { mopt_sb_puts(s, "null"); return; }
+  if (v == floor(v) && fabs(v) < 9e15) mopt_sb_printf(s, "%.0f", v);
+  else mopt_sb_printf(s, "%.6g", v);
+}
+
+const char *mopt_pass_name(int32_t op) {
+  static const char *const names[] = {
+    [MOPT_PASS_PRUNE] = "prune", [MOPT_PASS_CLUSTER] = "cluster",
+    [MOPT_PASS_QUANTIZE] = "quantize", [MOPT_PASS_FP16] = "fp16",
+    [MOPT_PASS_DECOMPOSE] = "decompose",
+  };
+  if (op < 0 || op > MOPT_PASS_DECOMPOSE) return "unknown";
+  return names[op];
+}
+
+void mopt_report_free(mopt_report *r) {
+  if (!r) return;
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    free(r->t[i].name);
+    free(r->t[i].graph_path);
+    free(r->t[i].consumer);
+  }
+  free(r->t);
+  memset(r, 0, sizeof *r);
+}
+
+uint64_t mopt_zstd_size(const uint8_t *buf, size_t len) {
+  size_t cap = ZSTD_compressBound(len);
+  void *out = malloc(cap ? cap : 1);
+  if (!out) return 0;
+  ZSTD_CCtx *cx = ZSTD_createCCtx();
+  if (!cx) { free(out); return 0; }
+  ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, 3);
+  long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+  if (nproc > 1 && len > (8u << 20)) ZSTD_CCtx_setParameter(cx, ZSTD_c_nbWorkers, (int)nproc);
+  size_t r = ZSTD_compress2(cx, out, cap, buf, len);
+  ZSTD_freeCCtx(cx);
+  free(out);
+  return ZSTD_isError(r) ? 0 : (uint64_t)r;
+}
+
+uint64_t mopt_peak_rss(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return (uint64_t)ru.ru_maxrss * 1024u;
+}
+
+static void kv_u64(mopt_sb *s, const char *k, uint64_t v, int comma) {
+  mopt_sb_printf(s, "%s\"%s\":%llu", comma ? "," : "", k, (unsigned long long)v);
+}
+static void kv_num(mopt_sb *s, const char *k, double v) {
+  mopt_sb_printf(s, ",\"%s\":", k);
+  mopt_sb_json_num(s, v);
+}
+
+char *mopt_report_json(const mopt_report *r) {
+  mopt_sb s = {0};
+  mopt_sb_printf(&s, "{\"version\":\"%s\",\"seed\":%llu,\"tensors\":[", MOPT_VERSION,
+                 (unsigned long long)r->seed);
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const mopt_rep_tensor *t = &r->t[i];
+    mopt_sb_puts(&s, i ? ",{\"name\":" : "{\"name\":");
+    mopt_sb_json_str(&s, t->name);
+    mopt_sb_puts(&s, ",\"graph_path\":");
+    mopt_sb_json_str(&s, t->graph_path);
+    mopt_sb_printf(&s, ",\"location\":\"%s\",\"consumer\":",
+                   t->loc == MOPT_LOC_CONSTANT ? "constant" : "initializer");
+    mopt_sb_json_str(&s, t->consumer);
+    mopt_sb_puts(&s, ",\"shape\":[");
+    for (int32_t d = 0; d < t->ndim; d++)
+      mopt_sb_printf(&s, "%s%lld", d ? "," : "", (long long)t->dims[d]);
+    mopt_sb_printf(&s, "],\"dtype_before\":\"%s\",\"dtype_after\":", mopt_dtype_name(t->dtype_before));
+    mopt_sb_json_str(&s, t->dtype_after);
+    mopt_sb_printf(&s, ",\"encoding\":\"%s\"", t->encoding);
+    kv_u64(&s, "bytes_before", t->bytes_before, 1);
+    kv_u64(&s, "bytes_after", t->bytes_after, 1);
+    kv_num(&s, "sparsity_before", t->sparsity_before);
+    kv_num(&s, "sparsity", t->sparsity);
+    kv_u64(&s, "distinct_values_before", t->distinct_before, 1);
+    kv_u64(&s, "distinct_values", t->distinct, 1);
+    kv_num(&s, "snr_db", t->snr_db);
+    kv_num(&s, "max_abs_error", t->max_abs_err);
+    kv_u64(&s, "fp16_clamped", t->fp16_clamped, 1);
+    if (t->rank > 0) kv_u64(&s, "rank", (uint64_t)t->rank, 1);
+    else mopt_sb_puts(&s, ",\"rank\":null");
+    mopt_sb_puts(&s, ",\"anchored\":false,\"passes\":[");
+    for (size_t p = 0; p < t->n_passes; p++) {
+      const mopt_rep_tpass *tp = &t->passes[p];
+      mopt_sb_printf(&s, "%s{\"op\":\"%s\"", p ? "," : "", mopt_pass_name(r->p[p].op));
+      kv_num(&s, "sparsity", tp->sparsity);
+      kv_u64(&s, "distinct_values", tp->distinct, 1);
+      mopt_sb_puts(&s, ",\"note\":");
+      mopt_sb_json_str(&s, tp->note[0] ? tp->note : NULL);
+      mopt_sb_puts(&s, "}");
+    }
+    mopt_sb_puts(&s, "]}");
+  }
+  mopt_sb_puts(&s, "],\"passes\":[");
+  for (size_t p = 0; p < r->n_passes; p++) {
+    const mopt_rep_pass *rp = &r->p[p];
+    mopt_sb_printf(&s, "%s{\"op\":\"%s\"", p ? "," : "", mopt_pass_name(rp->op));
+    kv_num(&s, "time_ms", rp->time_ms);
+    kv_u64(&s, "tensors", rp->tensors, 1);
+    kv_num(&s, "sparsity_before", rp->elems ? (double)rp->zeros_before / (double)rp->elems : 0.0);
+    kv_num(&s, "sparsity_after", rp->elems ? (double)rp->zeros_after / (double)rp->elems : 0.0);
+    kv_u64(&s, "distinct_before", rp->distinct_before, 1);
+    kv_u64(&s, "distinct_after", rp->distinct_after, 1);
+    mopt_sb_puts(&s, "}");
+  }
+  mopt_sb_puts(&s, "],\"totals\":{");
+  kv_u64(&s, "weights_total", r->weights_total, 0);
+  kv_u64(&s, "tensors_selected", r->n_tensors, 1);
+  kv_u64(&s, "file_bytes_before", r->file_bytes_before, 1);
+  kv_u64(&s, "file_bytes_after", r->file_bytes_after, 1);
+  kv_u64(&s, "zstd_bytes_before", r->zstd_bytes_before, 1);
+  kv_u64(&s, "zstd_bytes_after", r->zstd_bytes_after, 1);
+  kv_u64(&s, "weight_bytes_before", r->weight_bytes_before, 1);
+  kv_u64(&s, "weight_bytes_after", r->weight_bytes_after, 1);
+  kv_num(&s, "decode_ms", r->decode_ms);
+  kv_num(&s, "encode_ms", r->encode_ms);
+  kv_num(&s, "save_ms", r->save_ms);
+  kv_num(&s, "time_ms", r->total_ms);
+  kv_u64(&s, "peak_rss_bytes", r->peak_rss_bytes, 1);
+  mopt_sb_puts(&s, "}}");
+  if (s.oom) { free(s.buf); return NULL; }
+  return s.buf;
+}
