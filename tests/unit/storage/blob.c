@@ -18,7 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -335,6 +338,127 @@ static void test_cloexec(void **state) {
   store_upload_abort(u);
 }
 
+static long rss_kib(void) {
+  FILE *fp = fopen("/proc/self/status", "r");
+  if (!fp) return -1;
+  char line[256];
+  long v = -1;
+  while (fgets(line, sizeof line, fp))
+    if (sscanf(line, "VmRSS: %ld kB", &v) == 1) break;
+  fclose(fp);
+  return v;
+}
+
+/* Memory does not grow with the blob: 96 MiB streamed in 64 KiB chunks (as HTTP delivers
+ * them) moves RSS by far less than the blob's size. */
+static void test_upload_memory_bounded(void **state) {
+  fixture *f = *state;
+  unsigned char *chunk = malloc(64 * 1024);
+  memset(chunk, 0x5a, 64 * 1024);
+  store_upload *u = NULL;
+  assert_int_equal(store_upload_begin(f->s, &u), 0);
+  assert_int_equal(store_upload_write(u, chunk, 64 * 1024), 0);
+  long before = rss_kib();
+  for (int i = 1; i < 96 * 16; i++) {
+    chunk[0] = (unsigned char)i;
+    assert_int_equal(store_upload_write(u, chunk, 64 * 1024), 0);
+  }
+  long after = rss_kib();
+  char hex[65];
+  uint64_t size = 0;
+  assert_int_equal(store_upload_finish(u, hex, &size), 0);
+  assert_int_equal(size, 96ull << 20);
+  int existed = -1;
+  assert_int_equal(store_upload_publish(u, &existed), 0);
+  assert_true(before > 0 && after > 0);
+  if (after - before > 8 * 1024) fail_msg("RSS grew by %ld KiB for a 96 MiB upload", after - before);
+  free(chunk);
+}
+
+/* Checks that every file under blobs/ is complete: its SHA-256 equals its name. */
+static int verify_blobs(const char *dir, int *count) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *e;
+  int bad = 0;
+  while ((e = readdir(d)) != NULL) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    struct stat sb;
+    if (lstat(p, &sb) != 0) continue;
+    if (S_ISDIR(sb.st_mode)) {
+      bad += verify_blobs(p, count);
+      continue;
+    }
+    size_t n = 0;
+    unsigned char *b = read_all(p, &n);
+    unsigned char h[32];
+    char hex[65];
+    crypto_hash_sha256(h, b, n);
+    sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+    free(b);
+    if (strcmp(hex, e->d_name) != 0) {
+      fprintf(stderr, "# blob %s has %zu bytes hashing to %s\n", e->d_name, n, hex);
+      bad++;
+    }
+    (*count)++;
+  }
+  closedir(d);
+  return bad;
+}
+
+/* kill -9 of a process in the middle of uploads, at arbitrary moments: whatever is under
+ * blobs/ afterwards is complete, and the next open sweeps the leftovers in tmp/. */
+static void test_kill9_leaves_no_partial_blob(void **state) {
+  fixture *f = *state;
+  store_close(f->s);
+  f->s = NULL;
+  int total = 0, leftovers = 0;
+  for (int round = 0; round < 8; round++) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      store *s = NULL;
+      if (store_open(f->dir, &s, NULL, NULL) != 0) _exit(2);
+      unsigned char *chunk = malloc(256 * 1024);
+      for (unsigned seq = 0;; seq++) {
+        store_upload *u = NULL;
+        if (store_upload_begin(s, &u) != 0) _exit(3);
+        size_t chunks = 4 + seq % 9;   /* 1 to 3 MiB per blob */
+        for (size_t k = 0; k < chunks; k++) {
+          randombytes_buf(chunk, 256 * 1024);
+          if (store_upload_write(u, chunk, 256 * 1024) != 0) _exit(4);
+        }
+        int existed;
+        if (store_upload_publish(u, &existed) != 0) _exit(5);
+      }
+    }
+    struct timespec ts = {0, (long)(20 + 37 * round) * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));   /* it was still uploading, not failed */
+    char blobs[PATH_MAX];
+    snprintf(blobs, sizeof blobs, "%s/blobs", f->dir);
+    int count = 0;
+    assert_int_equal(verify_blobs(blobs, &count), 0);
+    total = count;
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/tmp", f->dir);
+    leftovers += count_files(tmp);
+  }
+  assert_true(leftovers > 0);   /* the kills did land mid-upload */
+  mopt_diag d = {{0}, {0}};
+  assert_int_equal(store_open(f->dir, &f->s, NULL, &d), 0);
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s/tmp", f->dir);
+  assert_int_equal(count_files(tmp), 0);
+  fprintf(stderr, "# %d complete blobs after 8 kills, %d temp files swept\n", total,
+          leftovers);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_sha256_vectors, setup, teardown),
@@ -343,6 +467,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_publish_atomicity_and_abort, setup, teardown),
       cmocka_unit_test_setup_teardown(test_adopt_and_remove, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cloexec, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_upload_memory_bounded, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_kill9_leaves_no_partial_blob, setup, teardown),
   };
   return cmocka_run_group_tests_name("storage/blob", tests, NULL, NULL);
 }
