@@ -537,7 +537,7 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_limit,
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
       MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
       MHD_OPTION_END);
   if (!h->d) {
