@@ -270,9 +270,10 @@ int api_h_models_upload(api_ctx *ctx, const api_request *req, api_response *resp
   rc = validate_model_file(store_upload_path(req->upload), &info, &d);
   if (rc) {
     consume_upload(req, resp);
+    /* The body's size was accepted (413 is decided before reading it); a tensor whose dims
+     * overflow or exceed the loader's caps makes the model invalid, not the request too large. */
+    if (rc == MOPT_ELIMIT) rc = MOPT_EMODEL;
     api_error_diag(resp, rc, &d);
-    /* The body's size was accepted; what is wrong is its content. */
-    if (rc == MOPT_ELIMIT) resp->status = 422;
     return rc;
   }
   int existed = 0;

@@ -49,7 +49,8 @@ void api_error(api_response *r, int err, const char *message, const char *where,
     if (detail && !json_is_object(detail)) { json_decref(detail); detail = NULL; }
   }
   if (!detail) detail = json_object();
-  if (where && *where) json_object_set_new(detail, "where", json_string(where));
+  /* An empty where is kept: for a job spec it is the JSON pointer of the whole document. */
+  if (where) json_object_set_new(detail, "where", json_string(where));
   const char *msg = message && *message ? message : mopt_strerror(err);
   json_t *e = json_pack("{s:{s:s,s:s,s:o}}", "error", "code", mopt_errcode(err), "message", msg,
                         "detail", detail);

@@ -40,6 +40,9 @@ static const char *MAKE_MODEL_PY =
     "m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 13)])\n"
     "m.ir_version = 7\n"
     "onnx.checker.check_model(m)\n"
+    "if seed < 0:\n"
+    "    del m.graph.initializer[0].dims[:]\n"
+    "    m.graph.initializer[0].dims.extend([2 ** 40, 2 ** 40])   # absurd dims, 8 KiB of data\n"
     "onnx.save(m, sys.argv[1])\n";
 
 typedef struct blob { uint8_t *p; size_t n; } blob;
@@ -81,7 +84,7 @@ static blob read_file(const char *path) {
 static blob make_model(int seed) {
   char script[300], out[300], cmd[800];
   snprintf(script, sizeof script, "%s/make_model.py", dir);
-  snprintf(out, sizeof out, "%s/model_%d.onnx", dir, seed);
+  snprintf(out, sizeof out, "%s/model_%d.onnx", dir, seed < 0 ? 1000 - seed : seed);
   FILE *f = fopen(script, "w");
   assert_non_null(f);
   fputs(MAKE_MODEL_PY, f);
@@ -389,6 +392,17 @@ static void test_upload_invalid(void **state) {
   assert_true(strlen(jstr(e, "message")) > 0);
   json_decref(v);
   resp_free(&r);
+  /* Absurd dims (product overflows): 422 invalid_model naming the tensor, not 413. */
+  blob absurd = make_model(-1);
+  do_upload(&absurd, &f, &r);
+  assert_int_equal(r.status, 422);
+  v = body_json(&r);
+  e = json_object_get(v, "error");
+  assert_string_equal(jstr(e, "code"), "invalid_model");
+  assert_non_null(strstr(jstr(e, "message"), "'W'"));
+  json_decref(v);
+  resp_free(&r);
+  free(absurd.p);
   /* Bad names and versions. */
   const char *bad_names[] = {"../etc", "/abs", "a b", "", "x//y"};
   for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {

@@ -59,6 +59,12 @@ static void test_error_shape(void **state) {
   assert_string_equal(json_string_value(json_object_get(e, "message")), "not found");
   assert_int_equal(json_object_size(json_object_get(e, "detail")), 0);
   json_decref(v);
+  /* An empty where is kept (the JSON pointer of the whole spec). */
+  api_error(&r, MOPT_ESPEC, "a job spec must be a JSON object", "", NULL);
+  v = body_json(&r);
+  e = json_object_get(v, "error");
+  assert_string_equal(json_string_value(json_object_get(json_object_get(e, "detail"), "where")), "");
+  json_decref(v);
   /* Invalid UTF-8 in a message still yields valid JSON. */
   api_error(&r, MOPT_EBADREQ, "bad \xff byte", "x", NULL);
   v = body_json(&r);
