@@ -41,7 +41,9 @@
   X(MOPT_EBADREQ,         -23,  400, "bad_request",       "bad request") \
   X(MOPT_ELENGTH,         -24,  411, "length_required",   "Content-Length required") \
   X(MOPT_EMEDIA,          -25,  415, "unsupported_media_type", "unsupported media type") \
-  X(MOPT_EPRECONDITION,   -26,  412, "precondition_failed", "precondition failed")
+  X(MOPT_EPRECONDITION,   -26,  412, "precondition_failed", "precondition failed") \
+  X(MOPT_EPAYLOAD,        -27,  422, "invalid_payload",   "OTA payload is malformed or corrupted") \
+  X(MOPT_ESIGNATURE,      -28,  422, "bad_signature",     "signature verification failed")
 
 typedef enum {
   MOPT_OK = 0,
