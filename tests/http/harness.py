@@ -473,21 +473,32 @@ def snapshot(d):
     """What is stored: model ids, blob files, tmp files (for 'nothing was stored' checks)."""
     return {"models": sorted(m["id"] for m in d.all_models()),
             "blobs": sorted(d.blob_files()),
-            "jobs": sorted(j["id"] for j in d.all_jobs())}
+            "jobs": sorted(j["id"] for j in d.all_jobs()),
+            "tmp": sorted(d.tmp_files())}
+
+
+_noted = set()
 
 
 def expect_nothing_stored(d, before, what="", tmp_wait=3.0):
-    """Daemon alive and answering, no new models/blobs/jobs, tmp/ empty (waits up to tmp_wait)."""
+    """Daemon alive and answering, no new models/blobs/jobs, no new file in tmp/ (waits up to
+    tmp_wait for the daemon to remove its temp files; files left by an earlier check are that
+    check's failure, not this one's)."""
     check(d.alive(), "%s: moptd died; log tail:\n%s" % (what, d.tail()))
     expect(d.get("/healthz", token=None), 200, what + ": /healthz afterwards")
     after = snapshot(d)
     eq(after["models"], before["models"], what + ": models after")
     eq(after["blobs"], before["blobs"], what + ": blob files after")
     eq(after["jobs"], before["jobs"], what + ": jobs after")
+    for p in after["tmp"]:
+        if p in before.get("tmp", []) and p not in _noted:
+            _noted.add(p)
+            print("# note: %s still in tmp/ (left by an earlier case)" % p)
+    new_tmp = lambda: sorted(set(d.tmp_files()) - set(before.get("tmp", [])))
     deadline = time.time() + tmp_wait
-    while d.tmp_files() and time.time() < deadline:
+    while new_tmp() and time.time() < deadline:
         time.sleep(0.05)
-    eq(d.tmp_files(), [], what + ": files left in tmp/")
+    eq(new_tmp(), [], what + ": files left in tmp/")
 
 
 # -------------------------------------------------------------------- models ----
@@ -691,7 +702,12 @@ def cleanup():
 
 
 def run():
-    """Runs the registered tests, prints TAP, exits 1 if any failed."""
+    """Runs the registered tests, prints TAP, exits 1 if any failed. MOPT_TEST=substring runs
+    only the tests whose name contains it (for debugging one case)."""
+    global _tests
+    only = os.environ.get("MOPT_TEST")
+    if only:
+        _tests = [t for t in _tests if only in t.__name__]
     print("1..%d" % len(_tests), flush=True)
     failed = 0
     t_all = time.time()
