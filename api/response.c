@@ -279,30 +279,99 @@ char *api_model_json(const store_model *m) {
   return text;
 }
 
-char *api_job_json(const store_job *j) {
-  json_t *o = json_object();
-  char out_url[160];
-  json_object_set_new(o, "id", json_string(j->id));
-  json_object_set_new(o, "state", json_string(store_job_state_name(j->state)));
-  json_object_set_new(o, "progress", json_real(j->progress));
-  json_object_set_new(o, "step", str_or_null(j->step));
-  json_object_set_new(o, "created", time_or_null(j->created));
-  json_object_set_new(o, "started", time_or_null(j->started));
-  json_object_set_new(o, "finished", time_or_null(j->finished));
-  json_object_set_new(o, "model", json_string(j->model));
-  json_object_set_new(o, "spec", embedded(j->spec));
-  json_object_set_new(o, "output", str_or_null(j->output));
-  json_object_set_new(o, "report", embedded(j->report));
-  json_object_set_new(o, "error", embedded(j->error));
-  json_object_set_new(o, "cancel_requested", json_boolean(j->cancel_requested));
-  json_object_set_new(o, "rev", json_integer((json_int_t)j->rev));
-  if (j->output[0]) {
-    snprintf(out_url, sizeof out_url, "/v1/models/%s/content", j->output);
-    json_object_set_new(o, "output_url", json_string(out_url));
-  } else {
-    json_object_set_new(o, "output_url", json_null());
+/* ---- hand-built job JSON: embedded documents are spliced as text, not re-encoded ---- */
+
+typedef struct jb { char *p; size_t len, cap; int oom; } jb;
+
+static void jb_add(jb *b, const char *s, size_t n) {
+  if (b->oom) return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 1024;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *q = realloc(b->p, cap);
+    if (!q) { b->oom = 1; return; }
+    b->p = q;
+    b->cap = cap;
   }
-  char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-  json_decref(o);
-  return text;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = 0;
+}
+static void jb_str(jb *b, const char *s) { jb_add(b, s, strlen(s)); }
+/* A JSON string (escaped by jansson), or null for NULL / "". */
+static void jb_jstr(jb *b, const char *s) {
+  if (!s || !*s) { jb_str(b, "null"); return; }
+  json_t *v = json_string(s);
+  char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+  json_decref(v);
+  jb_str(b, t ? t : "null");
+  free(t);
+}
+static void jb_time(jb *b, int64_t ms) {
+  if (ms <= 0) { jb_str(b, "null"); return; }
+  char buf[40];
+  api_time_format(ms, buf, sizeof buf);
+  jb_str(b, "\"");
+  jb_str(b, buf);
+  jb_str(b, "\"");
+}
+/* Embeds stored JSON text verbatim when it is one valid JSON object (so the worker's numbers
+ * keep their own formatting), null otherwise. */
+static void jb_embed(jb *b, const char *text) {
+  if (!text || !*text) { jb_str(b, "null"); return; }
+  json_error_t je;
+  json_t *v = json_loads(text, 0, &je);
+  int ok = v && json_is_object(v);
+  json_decref(v);
+  if (!ok) { jb_str(b, "null"); return; }
+  size_t n = strlen(text);
+  while (n && (text[n - 1] == ' ' || text[n - 1] == '\n' || text[n - 1] == '\r' ||
+               text[n - 1] == '\t'))
+    n--;
+  jb_add(b, text, n);
+}
+
+char *api_job_json(const store_job *j) {
+  jb b = {0};
+  char num[64];
+  jb_str(&b, "{\"id\":");
+  jb_jstr(&b, j->id);
+  jb_str(&b, ",\"state\":");
+  jb_jstr(&b, store_job_state_name(j->state));
+  double p = j->progress < 0 ? 0 : j->progress > 1 ? 1 : j->progress;
+  snprintf(num, sizeof num, ",\"progress\":%.6g", p);
+  jb_str(&b, num);
+  jb_str(&b, ",\"step\":");
+  jb_jstr(&b, j->step);
+  jb_str(&b, ",\"created\":");
+  jb_time(&b, j->created);
+  jb_str(&b, ",\"started\":");
+  jb_time(&b, j->started);
+  jb_str(&b, ",\"finished\":");
+  jb_time(&b, j->finished);
+  jb_str(&b, ",\"model\":");
+  jb_jstr(&b, j->model);
+  /* The spec is our own normalized text: spliced without a parse (hot path of GET). */
+  jb_str(&b, ",\"spec\":");
+  if (j->spec && j->spec[0] == '{') jb_str(&b, j->spec);
+  else jb_str(&b, "null");
+  jb_str(&b, ",\"output\":");
+  jb_jstr(&b, j->output);
+  jb_str(&b, ",\"output_url\":");
+  if (j->output[0]) {
+    char url[160];
+    snprintf(url, sizeof url, "/v1/models/%s/content", j->output);
+    jb_jstr(&b, url);
+  } else {
+    jb_str(&b, "null");
+  }
+  jb_str(&b, ",\"report\":");
+  jb_embed(&b, j->report);
+  jb_str(&b, ",\"error\":");
+  jb_embed(&b, j->error);
+  snprintf(num, sizeof num, ",\"cancel_requested\":%s,\"rev\":%llu}",
+           j->cancel_requested ? "true" : "false", (unsigned long long)j->rev);
+  jb_str(&b, num);
+  if (b.oom) { free(b.p); return NULL; }
+  return b.p;
 }

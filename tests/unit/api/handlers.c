@@ -30,7 +30,7 @@ static const char *MAKE_MODEL_PY =
     "import onnx\n"
     "from onnx import helper, TensorProto, numpy_helper\n"
     "seed = int(sys.argv[2])\n"
-    "r = np.random.default_rng(seed)\n"
+    "r = np.random.default_rng(abs(seed))\n"
     "W = numpy_helper.from_array(r.standard_normal((64, 32)).astype(np.float32), 'W')\n"
     "b = numpy_helper.from_array(r.standard_normal(32).astype(np.float32), 'b')\n"
     "g = helper.make_graph([helper.make_node('MatMul', ['x', 'W'], ['m']),\n"

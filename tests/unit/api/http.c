@@ -194,6 +194,41 @@ static void test_time_format(void **state) {
   assert_true(now > 1700000000000);
 }
 
+static void test_job_json(void **state) {
+  (void)state;
+  store_job j;
+  memset(&j, 0, sizeof j);
+  snprintf(j.id, sizeof j.id, "job_0123456789abc0123456789abc");
+  snprintf(j.model, sizeof j.model, "sha256:%064d", 0);
+  snprintf(j.step, sizeof j.step, "quantize \"w\"");
+  j.state = STORE_JOB_SUCCEEDED;
+  j.progress = 0.42;
+  j.created = 1795821000123;
+  j.rev = 9;
+  j.spec = "{\"passes\":[{\"op\":\"prune\",\"sparsity\":0.1}],\"seed\":0}";
+  j.report = "{\"snr_db\":42.123456789012345} \n";
+  j.error = "not json";
+  snprintf(j.output, sizeof j.output, "sha256:%064d", 1);
+  char *t = api_job_json(&j);
+  assert_non_null(t);
+  json_error_t je;
+  json_t *v = json_loads(t, 0, &je);
+  assert_non_null(v);
+  assert_string_equal(json_string_value(json_object_get(v, "state")), "succeeded");
+  assert_string_equal(json_string_value(json_object_get(v, "step")), "quantize \"w\"");
+  assert_true(json_real_value(json_object_get(v, "progress")) == 0.42);
+  assert_string_equal(json_string_value(json_object_get(v, "created")), "2026-11-27T23:10:00.123Z");
+  assert_true(json_is_null(json_object_get(v, "started")));
+  assert_true(json_is_null(json_object_get(v, "error")));   /* invalid stored text → null */
+  assert_int_equal(json_integer_value(json_object_get(v, "rev")), 9);
+  assert_non_null(strstr(json_string_value(json_object_get(v, "output_url")), "/content"));
+  /* Embedded documents are spliced verbatim: numbers keep their text. */
+  assert_non_null(strstr(t, "\"sparsity\":0.1}"));
+  assert_non_null(strstr(t, "\"snr_db\":42.123456789012345}"));
+  json_decref(v);
+  free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_error_shape),
@@ -202,6 +237,7 @@ int main(void) {
     cmocka_unit_test(test_etag_match),
     cmocka_unit_test(test_validators),
     cmocka_unit_test(test_time_format),
+    cmocka_unit_test(test_job_json),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
