@@ -14,7 +14,7 @@
 /* How a listed weight is currently stored (set by the encoders). */
 typedef enum {
   MOPT_WENC_PLAIN = 0, MOPT_WENC_DENSE, MOPT_WENC_F16, MOPT_WENC_QUANT, MOPT_WENC_LUT,
-  MOPT_WENC_LOWRANK
+  MOPT_WENC_LOWRANK, MOPT_WENC_REMOVED
 } mopt_wenc;
 
 /* Internal twin of one mopt_weight. */
@@ -24,6 +24,7 @@ typedef struct mopt_wrec {
   Onnx__NodeProto *node;       /* the Constant node (loc CONSTANT), NULL for initializers */
   Onnx__NodeProto *consumer;   /* consumer node found by the listing (may be NULL) */
   mopt_wenc enc;
+  int lr_rewrite;               /* low rank as (X·A)·B: 1, or 2 when B is stored transposed */
 } mopt_wrec;
 
 struct mopt_model {
