@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "job_spec.h"
+#include "ota.h"
 
 int cli_exit_code(int err) {
   switch (err) {
@@ -123,6 +124,9 @@ static void usage(FILE *f) {
     "  mopt worker --input IN --spec SPEC.json --output OUT --report REPORT.json\n"
     "              [--max-memory-mb N] [--max-cpu-s N]\n"
     "      the job entry moptd spawns: JSON lines on stdout (progress, done, error)\n"
+    "  mopt pack MODEL -o PAYLOAD | unpack PAYLOAD -o MODEL | payload-info PAYLOAD\n"
+    "  mopt delta OLD NEW -o PAYLOAD | apply OLD PAYLOAD -o NEW\n"
+    "  mopt verify-manifest MANIFEST --key KEYFILE   (exit 0 only when the signature verifies)\n"
     "  mopt --version | help\n"
     "\n"
     "exit codes: 0 ok, 1 bad input (model or spec), 2 usage, 3 internal error or cancelled\n",
@@ -143,6 +147,12 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "inspect")) return cli_inspect(argc - 2, argv + 2);
   if (!strcmp(cmd, "optimize")) return cli_optimize(argc - 2, argv + 2);
   if (!strcmp(cmd, "worker")) return cli_worker(argc - 2, argv + 2);
+  if (!strcmp(cmd, "pack")) return mopt_cli_pack(argc - 2, argv + 2);
+  if (!strcmp(cmd, "unpack")) return mopt_cli_unpack(argc - 2, argv + 2);
+  if (!strcmp(cmd, "delta")) return mopt_cli_delta(argc - 2, argv + 2);
+  if (!strcmp(cmd, "apply")) return mopt_cli_apply(argc - 2, argv + 2);
+  if (!strcmp(cmd, "payload-info")) return mopt_cli_payload_info(argc - 2, argv + 2);
+  if (!strcmp(cmd, "verify-manifest")) return mopt_cli_verify_manifest(argc - 2, argv + 2);
   fprintf(stderr, "mopt: unknown command '%s'\n\n", cmd);
   usage(stderr);
   return CLI_USAGE;
