@@ -1,0 +1,424 @@
+/* tests/unit/core/pipeline.c — mopt_pipeline_run end to end on a small model built here with
+ * protobuf-c: determinism (two runs byte-identical), chains preserving structure (prune →
+ * cluster → quantize: zeros exact, distinct values <= clusters), global vs per-tensor sparsity,
+ * selection, cancellation, refusal of unsupported/invalid specs, and the report's fields. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ktest.h"
+#include "mopt.h"
+#include "onnx.pb-c.h"
+
+/* X[2,64] → MatMul W1[64,96] → Gemm(transB) W2[48,96] + B2[48] → MatMul C3[48,32] (Constant). */
+static uint8_t *build_model(size_t *len) {
+  float *w1 = malloc(64 * 96 * 4), *w2 = malloc(48 * 96 * 4), *c3 = malloc(48 * 32 * 4), b2[48];
+  kt_gauss(w1, 64 * 96, 101, 0.1);
+  kt_gauss(w2, 48 * 96, 102, 2.0);             /* a larger scale: global pruning spares it */
+  kt_gauss(c3, 48 * 32, 103, 0.5);
+  kt_gauss(b2, 48, 104, 0.1);
+  int64_t d1[2] = {64, 96}, d2[2] = {48, 96}, d3[2] = {48, 32}, db[1] = {48};
+  Onnx__TensorProto t1 = ONNX__TENSOR_PROTO__INIT, t2 = ONNX__TENSOR_PROTO__INIT,
+                    t3 = ONNX__TENSOR_PROTO__INIT, tb = ONNX__TENSOR_PROTO__INIT;
+  Onnx__TensorProto *ts[4] = {&t1, &t2, &t3, &tb};
+  int64_t *ds[4] = {d1, d2, d3, db};
+  float *vs[4] = {w1, w2, c3, b2};
+  size_t ns[4] = {64 * 96, 48 * 96, 48 * 32, 48};
+  const char *names[4] = {"W1", "W2", "C3", "B2"};
+  for (int i = 0; i < 4; i++) {
+    ts[i]->name = (char *)names[i];
+    ts[i]->n_dims = i == 3 ? 1 : 2;
+    ts[i]->dims = ds[i];
+    ts[i]->has_data_type = 1;
+    ts[i]->data_type = MOPT_DT_FLOAT;
+    ts[i]->has_raw_data = 1;
+    ts[i]->raw_data.data = (uint8_t *)vs[i];
+    ts[i]->raw_data.len = ns[i] * 4;
+  }
+  Onnx__AttributeProto transb = ONNX__ATTRIBUTE_PROTO__INIT, value = ONNX__ATTRIBUTE_PROTO__INIT;
+  transb.name = "transB";
+  transb.has_type = 1;
+  transb.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT;
+  transb.has_i = 1;
+  transb.i = 1;
+  value.name = "value";
+  value.has_type = 1;
+  value.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR;
+  value.t = &t3;
+  Onnx__AttributeProto *a_gemm[1] = {&transb}, *a_const[1] = {&value};
+  Onnx__NodeProto n1 = ONNX__NODE_PROTO__INIT, n2 = ONNX__NODE_PROTO__INIT,
+                  n3 = ONNX__NODE_PROTO__INIT, n4 = ONNX__NODE_PROTO__INIT;
+  char *i1[2] = {"X", "W1"}, *o1[1] = {"H"};
+  char *i2[3] = {"H", "W2", "B2"}, *o2[1] = {"Y"};
+  char *o3[1] = {"C3"};
+  char *i4[2] = {"Y", "C3"}, *o4[1] = {"Z"};
+  n1.op_type = "MatMul"; n1.name = "mm1"; n1.n_input = 2; n1.input = i1; n1.n_output = 1; n1.output = o1;
+  n2.op_type = "Gemm"; n2.name = "gemm2"; n2.n_input = 3; n2.input = i2; n2.n_output = 1; n2.output = o2;
+  n2.n_attribute = 1; n2.attribute = a_gemm;
+  n3.op_type = "Constant"; n3.name = "c3"; n3.n_output = 1; n3.output = o3;
+  n3.n_attribute = 1; n3.attribute = a_const;
+  n4.op_type = "MatMul"; n4.name = "mm3"; n4.n_input = 2; n4.input = i4; n4.n_output = 1; n4.output = o4;
+  Onnx__NodeProto *nodes[4] = {&n1, &n2, &n3, &n4};
+  Onnx__TensorShapeProto__Dimension dx0 = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__INIT,
+                                    dx1 = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__INIT,
+                                    dz1 = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__INIT;
+  dx0.value_case = dx1.value_case = dz1.value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
+  dx0.dim_value = 2;
+  dx1.dim_value = 64;
+  dz1.dim_value = 32;
+  Onnx__TensorShapeProto__Dimension *xd[2] = {&dx0, &dx1}, *zd[2] = {&dx0, &dz1};
+  Onnx__TensorShapeProto xs = ONNX__TENSOR_SHAPE_PROTO__INIT, zs = ONNX__TENSOR_SHAPE_PROTO__INIT;
+  xs.n_dim = 2; xs.dim = xd;
+  zs.n_dim = 2; zs.dim = zd;
+  Onnx__TypeProto__Tensor xtt = ONNX__TYPE_PROTO__TENSOR__INIT, ztt = ONNX__TYPE_PROTO__TENSOR__INIT;
+  xtt.has_elem_type = ztt.has_elem_type = 1;
+  xtt.elem_type = ztt.elem_type = MOPT_DT_FLOAT;
+  xtt.shape = &xs;
+  ztt.shape = &zs;
+  Onnx__TypeProto xt = ONNX__TYPE_PROTO__INIT, zt = ONNX__TYPE_PROTO__INIT;
+  xt.value_case = zt.value_case = ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE;
+  xt.tensor_type = &xtt;
+  zt.tensor_type = &ztt;
+  Onnx__ValueInfoProto xin = ONNX__VALUE_INFO_PROTO__INIT, zout = ONNX__VALUE_INFO_PROTO__INIT;
+  xin.name = "X"; xin.type = &xt;
+  zout.name = "Z"; zout.type = &zt;
+  Onnx__ValueInfoProto *ins[1] = {&xin}, *outs[1] = {&zout};
+  Onnx__TensorProto *inits[3] = {&t1, &t2, &tb};
+  Onnx__GraphProto g = ONNX__GRAPH_PROTO__INIT;
+  g.name = "pipeline_test";
+  g.n_node = 4; g.node = nodes;
+  g.n_initializer = 3; g.initializer = inits;
+  g.n_input = 1; g.input = ins;
+  g.n_output = 1; g.output = outs;
+  Onnx__OperatorSetIdProto op = ONNX__OPERATOR_SET_ID_PROTO__INIT;
+  op.domain = "";
+  op.has_version = 1;
+  op.version = 13;
+  Onnx__OperatorSetIdProto *ops[1] = {&op};
+  Onnx__ModelProto m = ONNX__MODEL_PROTO__INIT;
+  m.has_ir_version = 1;
+  m.ir_version = 7;
+  m.producer_name = "moptd-unit";
+  m.n_opset_import = 1;
+  m.opset_import = ops;
+  m.graph = &g;
+  *len = onnx__model_proto__get_packed_size(&m);
+  uint8_t *buf = malloc(*len);
+  onnx__model_proto__pack(&m, buf);
+  free(w1); free(w2); free(c3);
+  return buf;
+}
+
+static mopt_model *load(void) {
+  size_t len;
+  uint8_t *buf = build_model(&len);
+  mopt_model *m = NULL;
+  mopt_diag d;
+  memset(&d, 0, sizeof d);
+  int rc = mopt_model_load(buf, len, NULL, &m, &d);
+  if (rc) print_message("# load: %s (%s)\n", d.msg, d.where);
+  assert_int_equal(rc, 0);
+  free(buf);
+  return m;
+}
+
+static const mopt_weight *find(mopt_model *m, const char *name) {
+  mopt_weight *ws;
+  size_t n;
+  assert_int_equal(mopt_model_weights(m, &ws, &n), 0);
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(ws[i].name, name)) return &ws[i];
+  fail_msg("weight %s not found", name);
+  return NULL;
+}
+
+static mopt_pass P_prune(double s) {
+  mopt_pass p = {0};
+  p.op = MOPT_PASS_PRUNE;
+  p.sparsity = s;
+  return p;
+}
+static mopt_pass P_cluster(int k) {
+  mopt_pass p = {0};
+  p.op = MOPT_PASS_CLUSTER;
+  p.clusters = k;
+  p.encoding = MOPT_ENC_LUT;
+  return p;
+}
+static mopt_pass P_quant(int32_t qt, mopt_gran g) {
+  mopt_pass p = {0};
+  p.op = MOPT_PASS_QUANTIZE;
+  p.qtype = qt;
+  p.granularity = g;
+  p.block_size = 32;
+  p.symmetric = qt == MOPT_DT_INT8 || qt == MOPT_DT_INT4;
+  return p;
+}
+
+static int run(mopt_model *m, const mopt_spec *s, char **rep) {
+  mopt_diag d;
+  memset(&d, 0, sizeof d);
+  int rc = mopt_pipeline_run(m, s, NULL, NULL, rep, &d);
+  if (rc) print_message("# pipeline: %s: %s (%s)\n", mopt_errcode(rc), d.msg, d.where);
+  return rc;
+}
+
+static void save(mopt_model *m, uint8_t **buf, size_t *len) {
+  assert_int_equal(mopt_model_save(m, buf, len), 0);
+}
+
+static void deterministic_output(void **st) {
+  (void)st;
+  mopt_spec s;
+  mopt_spec_init(&s);
+  s.passes[s.n_passes++] = P_prune(0.5);
+  s.passes[s.n_passes++] = P_cluster(16);
+  s.passes[s.n_passes++] = P_quant(MOPT_DT_INT8, MOPT_GRAN_PER_CHANNEL);
+  s.seed = 7;
+  uint8_t *b1, *b2;
+  size_t l1, l2;
+  mopt_model *m1 = load(), *m2 = load();
+  assert_int_equal(run(m1, &s, NULL), 0);
+  assert_int_equal(run(m2, &s, NULL), 0);
+  save(m1, &b1, &l1);
+  save(m2, &b2, &l2);
+  assert_int_equal(l1, l2);
+  assert_memory_equal(b1, b2, l1);
+  free(b1); free(b2);
+  mopt_model_destroy(m1);
+  mopt_model_destroy(m2);
+  /* the same for k-means++ per channel into int4 blocks */
+  s.n_passes = 0;
+  s.passes[s.n_passes] = P_cluster(8);
+  s.passes[s.n_passes++].granularity = MOPT_GRAN_PER_CHANNEL;
+  s.passes[s.n_passes++] = P_quant(MOPT_DT_INT4, MOPT_GRAN_BLOCK);
+  m1 = load();
+  m2 = load();
+  assert_int_equal(run(m1, &s, NULL), 0);
+  assert_int_equal(run(m2, &s, NULL), 0);
+  save(m1, &b1, &l1);
+  save(m2, &b2, &l2);
+  assert_int_equal(l1, l2);
+  assert_memory_equal(b1, b2, l1);
+  free(b1); free(b2);
+  mopt_model_destroy(m1);
+  mopt_model_destroy(m2);
+  mopt_spec_free(&s);
+}
+
+static void chain_keeps_structure(void **st) {
+  (void)st;
+  const mopt_gran grans[3] = {MOPT_GRAN_PER_TENSOR, MOPT_GRAN_PER_CHANNEL, MOPT_GRAN_BLOCK};
+  for (int gi = 0; gi < 3; gi++) {
+    mopt_spec s;
+    mopt_spec_init(&s);
+    s.passes[s.n_passes++] = P_prune(0.5);
+    s.passes[s.n_passes++] = P_cluster(16);
+    s.passes[s.n_passes++] = P_quant(MOPT_DT_UINT8, grans[gi]);   /* affine: zero point != 0 */
+    mopt_model *m = load();
+    mopt_weight orig_w1 = *find(m, "W1");
+    float *before;
+    assert_int_equal(mopt_weight_read_f32(m, find(m, "W1"), &before, NULL), 0);
+    char *rep = NULL;
+    assert_int_equal(run(m, &s, &rep), 0);
+    assert_non_null(rep);
+    const char *names[3] = {"W1", "W2", "C3"};
+    for (int t = 0; t < 3; t++) {
+      const mopt_weight *w = find(m, names[t]);
+      float *v;
+      mopt_diag d;
+      memset(&d, 0, sizeof d);
+      int rc = mopt_weight_read_f32(m, w, &v, &d);
+      if (rc) print_message("# read %s: %s\n", names[t], d.msg);
+      assert_int_equal(rc, 0);
+      double sp = mopt_sparsity(v, w->nelem);
+      uint64_t dist = mopt_count_distinct(v, w->nelem);
+      assert_true(sp >= 0.5 - 1e-9);            /* zeros stayed zero through cluster + quantize */
+      assert_true(dist <= 16);                   /* distinct values did not grow past clusters */
+      free(v);
+    }
+    /* the pruned positions of W1 are the smallest magnitudes of the original */
+    float *after;
+    assert_int_equal(mopt_weight_read_f32(m, find(m, "W1"), &after, NULL), 0);
+    float maxz = 0.0f, mink = INFINITY;
+    for (uint64_t i = 0; i < orig_w1.nelem; i++) {
+      if (after[i] == 0.0f) maxz = fmaxf(maxz, fabsf(before[i]));
+      else mink = fminf(mink, fabsf(before[i]));
+    }
+    assert_true(maxz <= mink);
+    free(before);
+    free(after);
+    /* the report carries the fields and the chain's per-pass evidence */
+    const char *keys[] = {"\"name\":\"W1\"", "\"graph_path\":\"main\"", "\"location\":\"constant\"",
+                          "\"consumer\":\"Gemm\"", "\"shape\":[64,96]", "\"dtype_after\":\"uint8\"",
+                          "\"bytes_before\":24576", "\"snr_db\":", "\"max_abs_error\":",
+                          "\"zstd_bytes_after\":", "\"peak_rss_bytes\":", "\"op\":\"cluster\"",
+                          "\"time_ms\":", "\"distinct_after\":"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+      if (!strstr(rep, keys[k])) print_message("# missing %s in %s\n", keys[k], rep);
+      assert_non_null(strstr(rep, keys[k]));
+    }
+    free(rep);
+    mopt_model_destroy(m);
+    mopt_spec_free(&s);
+  }
+}
+
+static void global_vs_per_tensor(void **st) {
+  (void)st;
+  for (int global = 0; global < 2; global++) {
+    mopt_spec s;
+    mopt_spec_init(&s);
+    s.passes[s.n_passes] = P_prune(0.6);
+    s.passes[s.n_passes++].scope = global ? MOPT_SCOPE_GLOBAL : MOPT_SCOPE_PER_TENSOR;
+    mopt_model *m = load();
+    assert_int_equal(run(m, &s, NULL), 0);
+    const char *names[3] = {"W1", "W2", "C3"};
+    uint64_t zeros = 0, total = 0;
+    double sp[3];
+    for (int t = 0; t < 3; t++) {
+      const mopt_weight *w = find(m, names[t]);
+      float *v;
+      assert_int_equal(mopt_weight_read_f32(m, w, &v, NULL), 0);
+      sp[t] = mopt_sparsity(v, w->nelem);
+      zeros += (uint64_t)nearbyint(sp[t] * (double)w->nelem);
+      total += w->nelem;
+      free(v);
+    }
+    uint64_t want = (uint64_t)nearbyint(0.6 * (double)total);
+    if (global) {
+      assert_int_equal(zeros, want);            /* exact over all selected tensors */
+      assert_true(sp[0] > 0.9);                 /* W1 (sigma 0.1) loses almost everything */
+      assert_true(sp[1] < 0.2);                 /* W2 (sigma 2) keeps almost everything */
+    } else {
+      for (int t = 0; t < 3; t++) assert_true(fabs(sp[t] - 0.6) < 1e-3);
+    }
+    mopt_model_destroy(m);
+    mopt_spec_free(&s);
+  }
+}
+
+static void selection_and_zero_passes(void **st) {
+  (void)st;
+  size_t len;
+  uint8_t *orig = build_model(&len);
+  mopt_model *m = load();
+  uint8_t *b0;
+  size_t l0;
+  save(m, &b0, &l0);
+  mopt_spec s;
+  mopt_spec_init(&s);
+  s.passes[s.n_passes++] = P_quant(MOPT_DT_INT8, MOPT_GRAN_PER_CHANNEL);
+  s.include[s.n_include++] = strdup("W*");
+  s.exclude[s.n_exclude++] = strdup("W2");
+  assert_int_equal(run(m, &s, NULL), 0);
+  /* W1 changed, W2 (excluded) and C3 (not included) and B2 (too small) did not */
+  float *v, *w;
+  mopt_model *ref = load();
+  const char *same[3] = {"W2", "C3", "B2"};
+  for (int t = 0; t < 3; t++) {
+    assert_int_equal(mopt_weight_read_f32(m, find(m, same[t]), &v, NULL), 0);
+    assert_int_equal(mopt_weight_read_f32(ref, find(ref, same[t]), &w, NULL), 0);
+    assert_memory_equal(v, w, find(m, same[t])->nelem * sizeof *v);
+    free(v); free(w);
+  }
+  assert_int_equal(mopt_weight_read_f32(m, find(m, "W1"), &v, NULL), 0);
+  assert_int_equal(mopt_weight_read_f32(ref, find(ref, "W1"), &w, NULL), 0);
+  assert_memory_not_equal(v, w, 64 * 96 * sizeof *v);
+  double mx;
+  assert_true(mopt_snr_db(w, v, 64 * 96, &mx) > 38.0);   /* int8 per channel */
+  free(v); free(w);
+  mopt_model_destroy(m);
+  mopt_spec_free(&s);
+  /* no passes: the model saves back to the same bytes */
+  mopt_spec_init(&s);
+  char *rep = NULL;
+  assert_int_equal(run(ref, &s, &rep), 0);
+  assert_non_null(strstr(rep, "\"passes\":[]"));
+  free(rep);
+  uint8_t *b1;
+  size_t l1;
+  save(ref, &b1, &l1);
+  assert_int_equal(l0, l1);
+  assert_memory_equal(b0, b1, l0);
+  mopt_model_destroy(ref);
+  free(b0); free(b1); free(orig);
+}
+
+static int cancel_after(double f, const char *step, void *ctx) {
+  (void)f; (void)step;
+  int *n = ctx;
+  return --*n <= 0;
+}
+
+static void cancel_and_refusals(void **st) {
+  (void)st;
+  mopt_spec s;
+  mopt_spec_init(&s);
+  s.passes[s.n_passes++] = P_prune(0.5);
+  s.passes[s.n_passes++] = P_quant(MOPT_DT_INT8, MOPT_GRAN_PER_TENSOR);
+  mopt_model *m = load();
+  int calls = 3;
+  mopt_diag d;
+  memset(&d, 0, sizeof d);
+  assert_int_equal(mopt_pipeline_run(m, &s, cancel_after, &calls, NULL, &d), MOPT_ECANCELLED);
+  mopt_model_destroy(m);
+  /* activations "dynamic" is refused with a clear error, nothing touched */
+  s.passes[1].activations = MOPT_ACT_DYNAMIC;
+  m = load();
+  assert_int_equal(mopt_pipeline_run(m, &s, NULL, NULL, NULL, &d), MOPT_EUNSUPPORTED);
+  assert_string_equal(d.where, "/passes/1");
+  assert_non_null(strstr(d.msg, "dynamic"));
+  /* invalid values say where */
+  s.passes[1].activations = MOPT_ACT_NONE;
+  s.passes[0].sparsity = 1.5;
+  assert_int_equal(mopt_pipeline_run(m, &s, NULL, NULL, NULL, &d), MOPT_ESPEC);
+  assert_string_equal(d.where, "/passes/0");
+  s.passes[0] = P_cluster(300);
+  assert_int_equal(mopt_pipeline_run(m, &s, NULL, NULL, NULL, &d), MOPT_ESPEC);
+  mopt_model_destroy(m);
+  mopt_spec_free(&s);
+}
+
+static void fp16_and_decompose(void **st) {
+  (void)st;
+  mopt_spec s;
+  mopt_spec_init(&s);
+  mopt_pass p = {0};
+  p.op = MOPT_PASS_DECOMPOSE;
+  p.rank = 8;
+  s.passes[s.n_passes++] = p;
+  mopt_model *m = load();
+  char *rep = NULL;
+  assert_int_equal(run(m, &s, &rep), 0);
+  assert_non_null(strstr(rep, "\"encoding\":\"lowrank\""));
+  assert_non_null(strstr(rep, "\"rank\":8"));
+  free(rep);
+  mopt_model_destroy(m);
+  s.passes[0].op = MOPT_PASS_FP16;
+  m = load();
+  assert_int_equal(run(m, &s, &rep), 0);
+  assert_non_null(strstr(rep, "\"dtype_after\":\"float16\""));
+  free(rep);
+  float *v;
+  assert_int_equal(mopt_weight_read_f32(m, find(m, "W2"), &v, NULL), 0);
+  for (int i = 0; i < 48 * 96; i++) assert_true(mopt_f16_to_f32(mopt_f32_to_f16(v[i])) == v[i]);
+  free(v);
+  mopt_model_destroy(m);
+  mopt_spec_free(&s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(deterministic_output),
+    cmocka_unit_test(chain_keeps_structure),
+    cmocka_unit_test(global_vs_per_tensor),
+    cmocka_unit_test(selection_and_zero_passes),
+    cmocka_unit_test(cancel_and_refusals),
+    cmocka_unit_test(fp16_and_decompose),
+  };
+  return cmocka_run_group_tests_name("core/pipeline", tests, NULL, NULL);
+}
