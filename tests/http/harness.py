@@ -345,9 +345,11 @@ class Daemon:
         deadline = time.time() + timeout
         etag = None
         while True:
+            # first a plain GET (a ?wait without If-None-Match waits for a change from now),
+            # then long-polls on the ETag seen
             h = {"If-None-Match": etag} if etag else {}
             t0 = time.time()
-            r = self.get("/v1/jobs/%s?wait=5" % jid, headers=h, timeout=30)
+            r = self.get("/v1/jobs/%s%s" % (jid, "?wait=5" if etag else ""), headers=h, timeout=30)
             if r.status == 200:
                 j = r.json
                 etag = r.header("ETag")
@@ -645,8 +647,26 @@ def out(ev):
 def term(sig, frm):
     sys.stderr.write("stub worker: SIGTERM, stopping\n"); sys.exit(3)
 signal.signal(signal.SIGTERM, term)
-seconds = float(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stub_seconds")).read())
+here = os.path.dirname(os.path.abspath(__file__))
+seconds = float(open(os.path.join(here, "stub_seconds")).read())
+mode = open(os.path.join(here, "stub_mode")).read().strip() if os.path.exists(os.path.join(here, "stub_mode")) else "ok"
 ppid = os.getppid()
+with open(os.path.join(here, "stub_pids"), "a") as f:
+    f.write("%d\n" % os.getpid())
+if mode == "crash":          # dies of a signal mid-run
+    out({"event": "progress", "progress": 0.1, "step": "stub"}); time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGSEGV)
+if mode == "error":          # refuses the input the way the contract says
+    out({"event": "error", "code": "invalid_model", "message": "stub refuses this model", "where": "stub/where"})
+    sys.exit(1)
+if mode == "garbage":        # non-JSON on stdout, exit 0, no output file
+    sys.stdout.write("this is not json\n{\"event\": \n" + "x" * 3000000 + "\n"); sys.stdout.flush()
+    sys.exit(0)
+if mode == "hang":           # ignores SIGTERM and never finishes
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while os.getppid() == ppid:
+        time.sleep(0.1)
+    sys.exit(3)
 t0 = time.time()
 while time.time() - t0 < seconds:
     if os.getppid() != ppid:
@@ -674,6 +694,28 @@ def stub_worker(dirpath, seconds):
     os.chmod(path, 0o755)
     set_stub_seconds(dirpath, seconds)
     return path
+
+
+def set_stub_mode(dirpath, mode):
+    """ok | crash | error | garbage | hang (see STUB_WORKER)."""
+    with open(os.path.join(dirpath, "stub_mode"), "w") as f:
+        f.write(mode)
+
+
+def stub_pids(dirpath):
+    try:
+        return [int(x) for x in open(os.path.join(dirpath, "stub_pids")).read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def pid_alive(pid):
+    """True when pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def set_stub_seconds(dirpath, seconds):
