@@ -29,8 +29,10 @@ typedef struct store_conn store_conn;
  * jobs left 'running' by a crash (returns how many in *requeued, may be NULL).
  * Fails with MOPT_EIO / MOPT_EINTERNAL and a diag if the schema is newer than this build. */
 int store_open(const char *data_dir, store **out, uint32_t *requeued, mopt_diag *diag);
-/* Closes every connection. NULL is a no-op. Not while other threads use the store. */
+/* Closes every connection. NULL is a no-op. Not while other threads use the store.
+ * Recovery (re-queue, tmp/ sweep) only runs when no other process has the data dir open. */
 void store_close(store *s);
+/* The data dir as given to store_open (no trailing slash). */
 const char *store_data_dir(const store *s);
 
 /* The calling thread's connection (created on first use, closed by store_close). */
@@ -41,6 +43,8 @@ typedef struct store_upload store_upload;
 
 /* Starts a temp file under tmp/. SHA-256 is computed as bytes are written. */
 int store_upload_begin(store *s, store_upload **out);
+/* Appends len bytes (staged in a fixed 1 MiB buffer: memory does not grow with the blob).
+ * MOPT_EIO on a write error, after which the upload can only be aborted. */
 int store_upload_write(store_upload *u, const void *data, size_t len);
 /* Ends writing: fsyncs the temp file, returns its digest (64 hex) and size. */
 int store_upload_finish(store_upload *u, char hex[65], uint64_t *size);
@@ -83,6 +87,7 @@ typedef struct store_model {
  * m->id must be "sha256:<64 hex>" (MOPT_EINVAL) and its blob published (MOPT_ENOTFOUND when
  * it is not there, e.g. removed by a concurrent delete: publish again and retry). */
 int store_model_put(store_conn *c, store_model *m, int *created);
+/* The row of id into *m; MOPT_ENOTFOUND when absent. */
 int store_model_get(store_conn *c, const char *id, store_model *m);
 /* Lists models, newest first, optionally filtered by name (NULL = all). cursor is opaque
  * ("" for the first page); next_cursor is filled ("" when no more). out has room for limit. */
@@ -123,6 +128,7 @@ void store_job_free(store_job *j);   /* frees the owned strings, not j */
  * it); with *existing = 1 every field of *j is overwritten by the stored job (fresh strings),
  * so the caller must keep its own pointer to the spec it passed and free it itself. */
 int store_job_create(store_conn *c, store_job *j, uint32_t max_queued, int *existing);
+/* The job id into *j (store_job_free it); MOPT_ENOTFOUND when absent. */
 int store_job_get(store_conn *c, const char *id, store_job *j);
 /* Only the rev (cheap, for long-poll wake-ups and ETag checks). */
 int store_job_rev(store_conn *c, const char *id, uint64_t *rev);
@@ -131,16 +137,20 @@ int store_job_list(store_conn *c, int state, const char *model, const char *curs
                    uint32_t limit, store_job *out, uint32_t *n, char next_cursor[64]);
 /* Oldest queued job → running (started = now, attempts+1); MOPT_ENOTFOUND when none. */
 int store_job_claim(store_conn *c, store_job *j);
+/* Running job only (else MOPT_ECONFLICT; MOPT_ENOTFOUND when absent). progress is clamped to
+ * 0..1; rev bumps only when progress or step actually change. Not fsync'd (cheap, frequent). */
 int store_job_progress(store_conn *c, const char *id, double progress, const char *step);
 /* Terminal transitions. succeed registers nothing by itself: the caller first put the output
- * model. fail/cancel take error JSON (may be NULL). */
+ * model (MOPT_ENOTFOUND when output is not indexed). fail/cancel take error JSON (may be NULL).
+ * succeed: running only; fail: queued or running; otherwise MOPT_ECONFLICT. */
 int store_job_succeed(store_conn *c, const char *id, const char *output, const char *report);
 int store_job_fail(store_conn *c, const char *id, const char *error_json);
 /* Queued → cancelled at once (returns 0, *was_running = 0); running → cancel_requested = 1
  * (*was_running = 1); terminal → MOPT_ECONFLICT. */
 int store_job_cancel(store_conn *c, const char *id, int *was_running);
 int store_job_cancelled(store_conn *c, const char *id);   /* running → cancelled */
-/* running → queued (shutdown / crash recovery). */
+/* running → queued (shutdown / crash recovery); a job whose cancel was requested becomes
+ * cancelled instead. MOPT_ECONFLICT when not running. */
 int store_job_requeue(store_conn *c, const char *id);
 /* Counts by state (5 entries) for metrics. */
 int store_job_counts(store_conn *c, uint64_t counts[5]);
