@@ -27,10 +27,10 @@ typedef struct store_conn store_conn;
 
 /* Opens (creating when absent) the data dir, runs schema migrations, sweeps tmp/, re-queues
  * jobs left 'running' by a crash (returns how many in *requeued, may be NULL).
- * Fails with MOPT_EIO / MOPT_EINTERNAL and a diag if the schema is newer than this build. */
-int store_open(const char *data_dir, store **out, uint32_t *requeued, mopt_diag *diag);
-/* Closes every connection. NULL is a no-op. Not while other threads use the store.
+ * Fails with MOPT_EIO / MOPT_EINTERNAL and a diag if the schema is newer than this build.
  * Recovery (re-queue, tmp/ sweep) only runs when no other process has the data dir open. */
+int store_open(const char *data_dir, store **out, uint32_t *requeued, mopt_diag *diag);
+/* Closes every connection. NULL is a no-op. Not while other threads use the store. */
 void store_close(store *s);
 /* The data dir as given to store_open (no trailing slash). */
 const char *store_data_dir(const store *s);
