@@ -609,7 +609,7 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   uint64_t records_len = e.w.written;
   for (int k = 0; k < (delta ? 2 : 1); k++)
     if ((rc = sk_feed(&e, k, NULL, 0, ZSTD_e_end))) goto out;
-  int use_prefix = delta && npr && e.sklen[1] < e.sklen[0];
+  int use_prefix = delta && npr && e.sklen[1] + 16 * npr < e.sklen[0];
   if (!use_prefix) npr = 0;
   for (size_t i = 0; i < npr; i++) {
     uint8_t pe[16];
