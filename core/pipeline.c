@@ -414,6 +414,72 @@ static int pass_decompose(pctx *c, wstate *s, size_t pi, char *note) {
   return 0;
 }
 
+/* Distinct values of the current reconstruction, from the structure where there is one (used
+ * (group, q) pairs, used table entries, used halves), by sorting the values otherwise. Exact in
+ * every case: candidate values are deduplicated as floats. */
+static uint64_t state_distinct(const wstate *s) {
+  if (s->f16) {
+    uint64_t *bits = calloc(65536 / 64, sizeof *bits);
+    if (!bits) return mopt_count_distinct(s->vals, s->n);
+    for (size_t i = 0; i < s->n; i++) {
+      uint16_t h = s->halves[i] == 0x8000 ? 0 : s->halves[i];
+      bits[h >> 6] |= 1ull << (h & 63);
+    }
+    uint64_t d = 0;
+    for (size_t i = 0; i < 65536 / 64; i++) d += (uint64_t)__builtin_popcountll(bits[i]);
+    free(bits);
+    return d;
+  }
+  if (s->quantized && s->ng <= s->n / 4) {
+    int32_t qmin = 0, qmax = 0;
+    mopt_qrange(s->qtype, &qmin, &qmax);
+    size_t span = (size_t)(qmax - qmin + 1);
+    uint8_t *used = calloc(s->ng * span, 1);
+    if (!used) return mopt_count_distinct(s->vals, s->n);
+    const mopt_qlayout *l = &s->ql;
+    int64_t nb = l->gran == 2 ? (l->v.dim + l->block_size - 1) / l->block_size : 1;
+    size_t e = 0;
+    for (int64_t o = 0; o < l->v.outer; o++)
+      for (int64_t d = 0; d < l->v.dim; d++)
+        for (int64_t i = 0; i < l->v.inner; i++, e++) {
+          size_t g = l->gran == 0 ? 0 : l->gran == 1 ? (size_t)d
+                                      : (size_t)((o * nb + d / l->block_size) * l->v.inner + i);
+          used[g * span + (size_t)(s->q[e] - qmin)] = 1;
+        }
+    size_t m = 0;
+    float *cand = malloc(s->ng * span * sizeof *cand);
+    if (!cand) { free(used); return mopt_count_distinct(s->vals, s->n); }
+    for (size_t g = 0; g < s->ng; g++)
+      for (size_t q = 0; q < span; q++)
+        if (used[g * span + q]) cand[m++] = mopt_dequant1((int32_t)q + qmin, s->scales[g], s->zps[g]);
+    uint64_t d = mopt_count_distinct(cand, m);
+    free(cand);
+    free(used);
+    return d;
+  }
+  if (s->clustered) {
+    size_t nt = s->n_tables * (size_t)s->k;
+    uint8_t *used = calloc(nt, 1);
+    float *cand = malloc(nt * sizeof *cand);
+    if (!used || !cand) { free(used); free(cand); return mopt_count_distinct(s->vals, s->n); }
+    size_t inner = 1;
+    if (s->caxis >= 0)
+      for (int32_t a = s->caxis + 1; a < s->w->ndim; a++) inner *= (size_t)s->w->dims[a];
+    for (size_t i = 0; i < s->n; i++) {
+      size_t t = s->caxis < 0 ? 0 : (i / inner) % s->n_tables;
+      used[t * (size_t)s->k + s->idx[i]] = 1;
+    }
+    size_t m = 0;
+    for (size_t j = 0; j < nt; j++)
+      if (used[j]) cand[m++] = s->table[j];
+    uint64_t d = mopt_count_distinct(cand, m);
+    free(cand);
+    free(used);
+    return d;
+  }
+  return mopt_count_distinct(s->vals, s->n);
+}
+
 static int run_pass(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
   const mopt_pass *p = &c->spec->passes[pi];
   if (s->lowrank) {
@@ -556,17 +622,6 @@ static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
-static int save_sizes(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes) {
-  uint8_t *buf = NULL;
-  size_t len = 0;
-  int rc = mopt_model_save(m, &buf, &len);
-  if (rc) return rc;
-  *bytes = len;
-  *zbytes = mopt_zstd_size(buf, len);
-  free(buf);
-  return 0;
-}
-
 /* ---------------------------------------------------------------- driver ---- */
 
 int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn progress,
@@ -590,7 +645,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   rep.seed = spec->seed;
   rep.n_passes = spec->n_passes;
   for (size_t p = 0; p < spec->n_passes; p++) rep.p[p].op = spec->passes[p].op;
-  if (c.want_report && (rc = save_sizes(m, &rep.file_bytes_before, &rep.zstd_bytes_before)))
+  if (c.want_report && (rc = mopt_model_measure(m, &rep.file_bytes_before, &rep.zstd_bytes_before)))
     goto out;
 
   size_t nsel = 0;
@@ -656,7 +711,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
         rp->zeros_before += (uint64_t)nearbyint(sp * (double)s.n);
         rp->distinct_before += dist;
         sp = mopt_sparsity(s.vals, s.n);
-        dist = mopt_count_distinct(s.vals, s.n);
+        dist = state_distinct(&s);
         rp->zeros_after += (uint64_t)nearbyint(sp * (double)s.n);
         rp->distinct_after += dist;
         rt->passes[p].sparsity = sp;
@@ -688,7 +743,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   }
   if (c.want_report) {
     double t0 = now_ms();
-    if ((rc = save_sizes(m, &rep.file_bytes_after, &rep.zstd_bytes_after))) goto out;
+    if ((rc = mopt_model_measure(m, &rep.file_bytes_after, &rep.zstd_bytes_after))) goto out;
     rep.save_ms = now_ms() - t0;
     rep.total_ms = now_ms() - t_start;
     rep.peak_rss_bytes = mopt_peak_rss();

@@ -66,8 +66,9 @@ typedef struct mopt_report {
 void mopt_report_free(mopt_report *r);
 /* Renders the report; returns a malloc'd NUL-terminated string or NULL on ENOMEM. */
 char *mopt_report_json(const mopt_report *r);
-/* zstd level-3 compressed size of buf (0 on failure). */
-uint64_t mopt_zstd_size(const uint8_t *buf, size_t len);
+/* Serialized size of the model and its zstd level-3 compressed size, computed by streaming the
+ * protobuf encoder through a compressor (no copy of the file is held). */
+int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes);
 /* Peak resident set size of this process in bytes (getrusage). */
 uint64_t mopt_peak_rss(void);
 /* Short name of a pass op ("prune", …). */

@@ -16,6 +16,8 @@
  */
 #include "pipeline_int.h"
 
+#include "model_int.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -115,19 +117,50 @@ void mopt_report_free(mopt_report *r) {
   memset(r, 0, sizeof *r);
 }
 
-uint64_t mopt_zstd_size(const uint8_t *buf, size_t len) {
-  size_t cap = ZSTD_compressBound(len);
-  void *out = malloc(cap ? cap : 1);
-  if (!out) return 0;
-  ZSTD_CCtx *cx = ZSTD_createCCtx();
-  if (!cx) { free(out); return 0; }
-  ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, 3);
+/* A ProtobufCBuffer that counts the serialized bytes and streams them through a zstd level-3
+ * compressor whose output is counted and discarded: sizes without materializing the file. */
+typedef struct zcount {
+  ProtobufCBuffer base;
+  ZSTD_CCtx *cx;
+  uint8_t out[1 << 16];
+  uint64_t in_bytes, out_bytes;
+  int err;
+} zcount;
+
+static void zc_feed(zcount *z, const uint8_t *data, size_t len, ZSTD_EndDirective mode) {
+  ZSTD_inBuffer in = {data, len, 0};
+  for (;;) {
+    ZSTD_outBuffer ob = {z->out, sizeof z->out, 0};
+    size_t r = ZSTD_compressStream2(z->cx, &ob, &in, mode);
+    if (ZSTD_isError(r)) { z->err = 1; return; }
+    z->out_bytes += ob.pos;
+    if (mode == ZSTD_e_end ? r == 0 : in.pos == in.size) return;
+  }
+}
+
+static void zc_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
+  zcount *z = (zcount *)b;
+  z->in_bytes += len;
+  if (!z->err && len) zc_feed(z, data, len, ZSTD_e_continue);
+}
+
+int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes) {
+  zcount *z = calloc(1, sizeof *z);
+  if (!z) return MOPT_ENOMEM;
+  z->base.append = zc_append;
+  z->cx = ZSTD_createCCtx();
+  if (!z->cx) { free(z); return MOPT_ENOMEM; }
+  ZSTD_CCtx_setParameter(z->cx, ZSTD_c_compressionLevel, 3);
   long nproc = sysconf(_SC_NPROCESSORS_ONLN);
-  if (nproc > 1 && len > (8u << 20)) ZSTD_CCtx_setParameter(cx, ZSTD_c_nbWorkers, (int)nproc);
-  size_t r = ZSTD_compress2(cx, out, cap, buf, len);
-  ZSTD_freeCCtx(cx);
-  free(out);
-  return ZSTD_isError(r) ? 0 : (uint64_t)r;
+  if (nproc > 1 && protobuf_c_message_get_packed_size(&m->pb->base) > (16u << 20))
+    ZSTD_CCtx_setParameter(z->cx, ZSTD_c_nbWorkers, (int)nproc);
+  protobuf_c_message_pack_to_buffer(&m->pb->base, &z->base);
+  if (!z->err) zc_feed(z, NULL, 0, ZSTD_e_end);
+  *bytes = z->in_bytes;
+  *zbytes = z->err ? 0 : z->out_bytes;
+  ZSTD_freeCCtx(z->cx);
+  free(z);
+  return 0;
 }
 
 uint64_t mopt_peak_rss(void) {

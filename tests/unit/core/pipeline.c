@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -158,6 +159,17 @@ static mopt_pass P_quant(int32_t qt, mopt_gran g) {
   return p;
 }
 
+/* The tensor-level "distinct_values" of a weight in the report. */
+static uint64_t rep_distinct(const char *rep, const char *name) {
+  char key[64];
+  snprintf(key, sizeof key, "\"name\":\"%s\"", name);
+  const char *p = strstr(rep, key);
+  assert_non_null(p);
+  p = strstr(p, "\"distinct_values\":");
+  assert_non_null(p);
+  return strtoull(p + strlen("\"distinct_values\":"), NULL, 10);
+}
+
 static int run(mopt_model *m, const mopt_spec *s, char **rep) {
   mopt_diag d;
   memset(&d, 0, sizeof d);
@@ -238,6 +250,7 @@ static void chain_keeps_structure(void **st) {
       uint64_t dist = mopt_count_distinct(v, w->nelem);
       assert_true(sp >= 0.5 - 1e-9);            /* zeros stayed zero through cluster + quantize */
       assert_true(dist <= 16);                   /* distinct values did not grow past clusters */
+      assert_int_equal(rep_distinct(rep, names[t]), dist);   /* the report counts what is stored */
       free(v);
     }
     /* the pruned positions of W1 are the smallest magnitudes of the original */
@@ -402,11 +415,25 @@ static void fp16_and_decompose(void **st) {
   m = load();
   assert_int_equal(run(m, &s, &rep), 0);
   assert_non_null(strstr(rep, "\"dtype_after\":\"float16\""));
-  free(rep);
   float *v;
   assert_int_equal(mopt_weight_read_f32(m, find(m, "W2"), &v, NULL), 0);
   for (int i = 0; i < 48 * 96; i++) assert_true(mopt_f16_to_f32(mopt_f32_to_f16(v[i])) == v[i]);
+  assert_int_equal(rep_distinct(rep, "W2"), mopt_count_distinct(v, 48 * 96));
   free(v);
+  free(rep);
+  mopt_model_destroy(m);
+  /* int4 blocks: the structural distinct count equals a count of the stored values */
+  s.passes[0] = P_quant(MOPT_DT_INT4, MOPT_GRAN_BLOCK);
+  m = load();
+  assert_int_equal(run(m, &s, &rep), 0);
+  const char *names[3] = {"W1", "W2", "C3"};
+  for (int t = 0; t < 3; t++) {
+    const mopt_weight *w = find(m, names[t]);
+    assert_int_equal(mopt_weight_read_f32(m, w, &v, NULL), 0);
+    assert_int_equal(rep_distinct(rep, names[t]), mopt_count_distinct(v, w->nelem));
+    free(v);
+  }
+  free(rep);
   mopt_model_destroy(m);
   mopt_spec_free(&s);
 }
