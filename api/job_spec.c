@@ -351,6 +351,12 @@ static int parse_quantize(const json_t *o, const char *base, mopt_pass *p, mopt_
                          "activations \"dynamic\" needs dtype \"int8\" or \"uint8\", got \"%s\"",
                          enum_name(dtype_names, p->qtype));
   }
+  if (p->activations == MOPT_ACT_DYNAMIC && p->granularity == MOPT_GRAN_BLOCK) {
+    ptr_join(where, sizeof where, base, "activations");
+    return mopt_diag_set(diag, MOPT_ESPEC, where,
+                         "activations \"dynamic\" needs granularity \"per_tensor\" or "
+                         "\"per_channel\" (integer matrix products have no block form)");
+  }
   return 0;
 }
 

@@ -236,6 +236,8 @@ static const bad_case bad_cases[] = {
    "/passes/0/activations"},
   {"{\"passes\":[{\"op\":\"quantize\",\"dtype\":\"int4\",\"activations\":\"dynamic\"}]}",
    MOPT_ESPEC, "/passes/0/activations"},
+  {"{\"passes\":[{\"op\":\"quantize\",\"granularity\":\"block\",\"activations\":\"dynamic\"}]}",
+   MOPT_ESPEC, "/passes/0/activations"},
   {"{\"passes\":[{\"op\":\"fp16\",\"dtype\":\"int8\"}]}", MOPT_ESPEC, "/passes/0/dtype"},
   {"{\"passes\":[{\"op\":\"decompose\",\"energy\":0}]}", MOPT_ESPEC, "/passes/0/energy"},
   {"{\"passes\":[{\"op\":\"decompose\",\"energy\":1.01}]}", MOPT_ESPEC, "/passes/0/energy"},
