@@ -281,6 +281,46 @@ def test_path_traversal_in_names_and_ids():
 
 
 @test
+def test_long_and_odd_names_are_refused_or_kept_exactly():
+    d, _, _ = base()
+    cases = [("n" * 127, "1"), ("n" * 200, "1"), ("n" * 5000, "1"), ("ok", "v" * 100),
+             ("tab\there", "1"), ("new\nline", "1"), ("nul\x00byte", "1"), ("ünïcødé-名前", "1"), ("", "1")]
+    bad = []
+    for i, (name, version) in enumerate(cases):
+        data = make_mlp(seed=900 + i, sizes=(8, 8, 2))
+        before = snapshot(d)
+        r = d.upload(data, name=name, version=version)
+        if r.status == 400:
+            try:
+                expect_error(r, 400, what="name %r" % name[:20])
+                expect_nothing_stored(d, before, "name %r" % name[:20])
+            except AssertionError as e:
+                bad.append(str(e))
+        elif r.status == 201:
+            m = expect(d.get("/v1/models/" + r.json["id"]), 200).json
+            if (m["name"], m["version"]) != (name, version):
+                bad.append("name %r version %r stored as %r %r" % (name[:40], version[:40], m["name"][:40],
+                                                                   m["version"][:40]))
+        else:
+            bad.append("name %r: status %d %r" % (name[:20], r.status, r.body[:100]))
+    eq(bad, [], "names neither refused nor kept exactly")
+
+
+@test
+def test_json_body_over_the_limit_is_413():
+    d, mid, before = base()
+    # default --max-json-bytes is 1 MiB; the header alone must be enough to refuse
+    req = ("POST /v1/jobs HTTP/1.1\r\nHost: x\r\n%sContent-Type: application/json\r\n"
+           "Content-Length: %d\r\n\r\n" % (d.auth_header(), 64 << 20)).encode()
+    resp = d.raw(req, shutdown=False, timeout=5)
+    check(resp.startswith(b"HTTP/1.1 413"), "JSON Content-Length 64 MiB: %r" % resp[:200])
+    big = '{"model": "%s", "passes": [], "select": {"include": [%s]}}' % (mid, ",".join(['"x"'] * 300000))
+    expect_error(d.post("/v1/jobs", big, headers={"Content-Type": "application/json"}), 413, "too_large",
+                 what="2 MB JSON body")
+    expect_nothing_stored(d, before, "JSON over the limit")
+
+
+@test
 def test_unknown_routes_are_404():
     d, _, before = base()
     for method, p in (("GET", "/v1/nope"), ("GET", "/"), ("GET", "/v1/models/x/y/z"), ("POST", "/v2/models"),

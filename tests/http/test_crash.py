@@ -14,7 +14,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (MOPT, Daemon, check, eq, expect, file_sha256, make_mlp, run, set_stub_seconds,
+from harness import (MOPT, Daemon, check, eq, expect, file_sha256, make_mlp, pid_alive, run, set_stub_seconds,
                      sha256_hex, stub_worker, test, write_big_mlp, TERMINAL)
 
 
@@ -141,6 +141,48 @@ def test_sigterm_during_job_exits_0_and_job_is_requeued():
     finish_with_real_worker(d, mid, data, jid)
     rc = d.stop(signal.SIGINT, timeout=15)
     eq(rc, 0, "exit status after SIGINT")
+
+
+def workers_of(d):
+    """pids of live processes whose command line names this daemon's data dir (its workers)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            cmd = open("/proc/%s/cmdline" % p, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(d.data.encode() in a for a in cmd) and b"worker" in cmd and pid_alive(int(p)):
+            out.append(int(p))
+    return out
+
+
+@test
+def test_kill9_of_the_daemon_takes_its_workers_down():
+    # a worker orphaned by a kill -9 keeps burning CPU and later writes into tmp/ behind the
+    # restarted daemon's back; it must die with the daemon
+    d = Daemon(workers=1, name="moptd-orphan").start()
+    orphans = []
+    try:
+        mid = expect(d.upload(write_big_mlp(), name="big"), 201).json["id"]
+        j = d.submit({"model": mid, "passes": [{"op": "cluster", "clusters": 256}]}, 202)
+        j = d.wait_job(j["id"], ("running",) + TERMINAL, 30)
+        eq(j["state"], "running", "heavy job state (error %r)" % (j.get("error"),))
+        pids = workers_of(d)
+        check(pids, "no worker process found for the running job")
+        d.kill()
+        deadline = time.time() + 3
+        while workers_of(d) and time.time() < deadline:
+            time.sleep(0.05)
+        orphans = workers_of(d)
+        eq(orphans, [], "worker processes alive 3 s after kill -9 of the daemon")
+    finally:
+        for p in orphans:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 @test

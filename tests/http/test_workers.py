@@ -155,6 +155,44 @@ def test_cancel_kills_the_worker_process():
 
 
 @test
+def test_pool_runs_exactly_n_workers_at_once_and_metrics_follow():
+    import re
+    d = Daemon(workers=4, name="moptd-pool")
+    d.mopt = stub_worker(d.tmp, 1.5)
+    d.start()
+    try:
+        mid = d.upload_ok(make_mlp(seed=8, sizes=(32, 64, 8)))["id"]
+        t0 = time.time()
+        ids = [d.submit({"model": mid, "passes": [], "seed": 700 + i}, 202)["id"] for i in range(8)]
+        max_running, seen_metrics = 0, None
+        while True:
+            js = [j for j in d.all_jobs() if j["id"] in ids]
+            running = sum(j["state"] == "running" for j in js)
+            max_running = max(max_running, running)
+            check(running <= 4, "%d jobs running with --workers 4" % running)
+            if running == 4 and seen_metrics is None:
+                m = expect(d.get("/metrics"), 200).body.decode()
+                seen_metrics = m
+            if all(j["state"] in TERMINAL for j in js):
+                break
+            check(time.time() - t0 < 30, "8 jobs of 1.5 s on 4 workers not done after 30 s")
+            time.sleep(0.05)
+        took = time.time() - t0
+        eq(max_running, 4, "most jobs seen running at once")
+        eq([j["state"] for j in d.all_jobs() if j["id"] in ids], ["succeeded"] * 8, "states")
+        check(took < 10, "8 x 1.5 s jobs on 4 workers took %.1fs (not parallel?)" % took)
+        check(seen_metrics, "never saw 4 running")
+        wr = re.search(r"^moptd_workers_running (\S+)$", seen_metrics, re.M)
+        qd = re.search(r"^moptd_scheduler_queue_depth (\S+)$", seen_metrics, re.M)
+        check(wr and float(wr.group(1)) == 4, "workers running metric with 4 busy: %r" % (wr and wr.group(0)))
+        jq = re.search(r'^moptd_jobs\{state="queued"\} (\S+)$', seen_metrics, re.M)
+        check(qd and float(qd.group(1)) >= 1, "queue depth metric while jobs wait: %r (same scrape: %r)"
+              % (qd and qd.group(0), jq and jq.group(0)))
+    finally:
+        d.stop()
+
+
+@test
 def test_worker_over_memory_limit_fails_its_job():
     d = Daemon(workers=1, args=["--job-memory-mb", "64"], name="moptd-mem").start()
     try:
