@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,11 @@
 #include "mopt.h"
 
 #define NAME_MAX_LEN 127
+
+/* Serializes "publish blob + index row" against "delete row + unlink blob" in this process, so a
+ * re-upload racing a DELETE of the same digest can never end with a row whose blob was just
+ * unlinked. Both sections are a rename/unlink and one SQLite statement, so one lock is cheap. */
+static pthread_mutex_t blob_mu = PTHREAD_MUTEX_INITIALIZER;
 #define VERSION_MAX_LEN 63
 
 /* ---------------------------------------------------------------- validation ---- */
@@ -84,8 +90,10 @@ int api_model_register_file(api_ctx *ctx, const char *path, const char *name,
   char hex[65];
   uint64_t size = 0;
   int existed = 0;
+  pthread_mutex_lock(&blob_mu);
   rc = store_blob_adopt(ctx->st, path, hex, &size, &existed);
   if (rc) {
+    pthread_mutex_unlock(&blob_mu);
     unlink(path);
     return mopt_diag_set(diag, rc, "store", "cannot publish the model blob");
   }
@@ -96,6 +104,7 @@ int api_model_register_file(api_ctx *ctx, const char *path, const char *name,
   model_names(out, name, version, parent, job);
   model_from_info(out, &info);
   rc = store_model_put(store_conn_get(ctx->st), out, created);
+  pthread_mutex_unlock(&blob_mu);
   if (rc) return mopt_diag_set(diag, rc, "store", "cannot index the model");
   return 0;
 }
@@ -277,9 +286,11 @@ int api_h_models_upload(api_ctx *ctx, const api_request *req, api_response *resp
     return rc;
   }
   int existed = 0;
+  pthread_mutex_lock(&blob_mu);
   rc = store_upload_publish(req->upload, &existed);
   resp->upload_consumed = 1;
   if (rc) {
+    pthread_mutex_unlock(&blob_mu);
     api_error(resp, rc, "cannot store the model", "store", NULL);
     return rc;
   }
@@ -291,6 +302,7 @@ int api_h_models_upload(api_ctx *ctx, const api_request *req, api_response *resp
   model_from_info(&m, &info);
   int created = 0;
   rc = store_model_put(c, &m, &created);
+  pthread_mutex_unlock(&blob_mu);
   if (rc) {
     api_error(resp, rc, "cannot index the model", "store", NULL);
     return rc;
@@ -437,15 +449,17 @@ int api_h_models_delete(api_ctx *ctx, const api_request *req, api_response *resp
   store_model m;
   int rc = load_model(ctx, req, resp, &m);
   if (rc) return rc;
+  pthread_mutex_lock(&blob_mu);
   rc = store_model_delete(store_conn_get(ctx->st), m.id);
+  /* One index row per digest: once it is gone the blob has no other user. */
+  if (rc == 0) store_blob_remove(ctx->st, m.id + 7);
+  pthread_mutex_unlock(&blob_mu);
   if (rc == MOPT_ECONFLICT) {
     api_error(resp, rc, "the model is referenced by a job or a release; it cannot be deleted",
               "id", NULL);
     return rc;
   }
   if (rc) { api_error(resp, rc, NULL, "id", NULL); return rc; }
-  /* One index row per digest: the blob has no other user now. */
-  store_blob_remove(ctx->st, m.id + 7);
   resp->status = 204;
   resp->content_type = NULL;
   return 0;
