@@ -44,6 +44,7 @@ typedef struct wstate {
   size_t ng;
   float *scales;
   int32_t *zps, *q;
+  int dynamic;               /* encode as DynamicQuantizeLinear + MatMulInteger */
   /* float16 */
   int f16;
   uint16_t *halves;
@@ -88,6 +89,7 @@ static void drop_quant(wstate *s) {
   s->scales = NULL;
   s->zps = s->q = NULL;
   s->quantized = 0;
+  s->dynamic = 0;
 }
 static void drop_f16(wstate *s) {
   free(s->halves);
@@ -162,10 +164,11 @@ static int validate_spec(const mopt_spec *sp, mopt_diag *d) {
         return mopt_diag_set(d, MOPT_ESPEC, where, "dtype must be int8, uint8, int4 or uint4");
       if (p->granularity == MOPT_GRAN_BLOCK && (p->block_size < 1 || p->block_size > 65536))
         return mopt_diag_set(d, MOPT_ESPEC, where, "block_size %d is out of range", p->block_size);
-      if (p->activations == MOPT_ACT_DYNAMIC)
-        return mopt_diag_set(d, MOPT_EUNSUPPORTED, where,
-                             "activations \"dynamic\" (DynamicQuantizeLinear + MatMulInteger) is "
-                             "not supported yet; use weight-only quantization");
+      if (p->activations == MOPT_ACT_DYNAMIC &&
+          ((p->qtype != MOPT_DT_INT8 && p->qtype != MOPT_DT_UINT8) || p->granularity == MOPT_GRAN_BLOCK))
+        return mopt_diag_set(d, MOPT_ESPEC, where,
+                             "activations \"dynamic\" needs dtype int8 or uint8 and per_tensor or "
+                             "per_channel granularity (MatMulInteger has no 4-bit or block form)");
       break;
     }
     case MOPT_PASS_FP16:
@@ -325,6 +328,16 @@ static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
     if (axis < 0) { gran = MOPT_GRAN_PER_TENSOR; axis = -1; }
   }
   if (gran == MOPT_GRAN_PER_TENSOR) axis = -1;
+  int dyn = 0;
+  if (p->activations == MOPT_ACT_DYNAMIC) {
+    const char *why = NULL;
+    dyn = mopt_int_dynamic_ok(c->m, w, c->opset, &why);
+    if (dyn && gran == MOPT_GRAN_PER_CHANNEL && axis != w->channel_axis) {
+      dyn = 0;
+      why = "per-channel centroids on another axis: weight-only";
+    }
+    if (!dyn) note_set(note, why ? why : "weight-only");
+  }
   drop_quant(s);
   if (s->f16) {
     drop_f16(s);
@@ -341,6 +354,7 @@ static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
   int rc = mopt_quantize_tensor(s->vals, &l, &qc, s->scales, s->zps, s->q, s->vals);
   if (rc) return rc;
   s->quantized = 1;
+  s->dynamic = dyn;
   s->ql = l;
   s->qtype = p->qtype;
   s->qaxis = axis;
@@ -584,6 +598,14 @@ static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
     enc = "lowrank";
     after = (uint64_t)(s->rank * (s->lr_r + s->lr_c)) * 4;
     snprintf(dt_after, sizeof dt_after, "float32");
+  } else if (s->quantized && s->dynamic) {
+    int all_zero = 1;
+    for (size_t g = 0; g < s->ng && all_zero; g++) all_zero = s->zps[g] == 0;
+    mopt_qtensor qt = {s->qtype, s->qaxis, 0, s->q, s->scales, all_zero ? NULL : s->zps, s->ng};
+    rc = mopt_int_set_dynamic(c->m, w, &qt, c->diag);
+    enc = "dynamic";
+    after = s->n + s->ng * 4 + (all_zero ? 0 : s->ng);
+    snprintf(dt_after, sizeof dt_after, "%s", mopt_dtype_name(s->qtype));
   } else if (s->quantized) {
     int all_zero = 1;
     for (size_t g = 0; g < s->ng && all_zero; g++) all_zero = s->zps[g] == 0;

@@ -31,7 +31,7 @@ typedef struct mopt_rep_tensor {
   int64_t dims[8];
   int32_t dtype_before;
   char dtype_after[16];
-  const char *encoding;       /* "unchanged", "dense", "quantized", "lut", "float16", "lowrank" */
+  const char *encoding;       /* "unchanged", "dense", "quantized", "lut", "float16", "lowrank", "dynamic" */
   uint64_t bytes_before, bytes_after;
   double sparsity_before, sparsity;
   uint64_t distinct_before, distinct;
@@ -73,5 +73,13 @@ int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes);
 uint64_t mopt_peak_rss(void);
 /* Short name of a pass op ("prune", …). */
 const char *mopt_pass_name(int32_t op);
+
+/* Dynamic quantization (dynamic.c). dynamic_ok: 1 when w's consumer can be rewritten to
+ * DynamicQuantizeLinear + MatMulInteger at this opset, else 0 with *why saying what happens
+ * instead. set_dynamic: rewrites the consumer using qt (int8/uint8, per tensor or per output
+ * column, in w's stored layout); the float weight becomes unreferenced. */
+int mopt_int_dynamic_ok(mopt_model *m, const mopt_weight *w, int64_t opset, const char **why);
+int mopt_int_set_dynamic(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
+                         mopt_diag *diag);
 
 #endif

@@ -379,12 +379,14 @@ static void cancel_and_refusals(void **st) {
   memset(&d, 0, sizeof d);
   assert_int_equal(mopt_pipeline_run(m, &s, cancel_after, &calls, NULL, &d), MOPT_ECANCELLED);
   mopt_model_destroy(m);
-  /* activations "dynamic" is refused with a clear error, nothing touched */
+  /* activations "dynamic" has no 4-bit form: refused with a clear error */
   s.passes[1].activations = MOPT_ACT_DYNAMIC;
+  s.passes[1].qtype = MOPT_DT_INT4;
   m = load();
-  assert_int_equal(mopt_pipeline_run(m, &s, NULL, NULL, NULL, &d), MOPT_EUNSUPPORTED);
+  assert_int_equal(mopt_pipeline_run(m, &s, NULL, NULL, NULL, &d), MOPT_ESPEC);
   assert_string_equal(d.where, "/passes/1");
   assert_non_null(strstr(d.msg, "dynamic"));
+  s.passes[1].qtype = MOPT_DT_INT8;
   /* invalid values say where */
   s.passes[1].activations = MOPT_ACT_NONE;
   s.passes[0].sparsity = 1.5;
@@ -438,6 +440,55 @@ static void fp16_and_decompose(void **st) {
   mopt_spec_free(&s);
 }
 
+typedef struct opcount { const char *op; uint64_t n; } opcount;
+static void count_op(const char *op, uint64_t n, void *ctx) {
+  opcount *c = ctx;
+  if (!strcmp(op, c->op)) c->n = n;
+}
+static uint64_t ops_of(const mopt_model *m, const char *op) {
+  opcount c = {op, 0};
+  mopt_model_op_counts(m, count_op, &c);
+  return c.n;
+}
+
+static void dynamic_activations(void **st) {
+  (void)st;
+  for (int u = 0; u < 2; u++) {
+    mopt_spec s;
+    mopt_spec_init(&s);
+    s.passes[s.n_passes] = P_quant(u ? MOPT_DT_UINT8 : MOPT_DT_INT8, MOPT_GRAN_PER_CHANNEL);
+    s.passes[s.n_passes++].activations = MOPT_ACT_DYNAMIC;
+    mopt_model *m = load();
+    char *rep = NULL;
+    assert_int_equal(run(m, &s, &rep), 0);
+    /* MatMul W1, Gemm(transB, bias) W2 and MatMul on the Constant C3 are all rewritten */
+    const char *p = rep;
+    int dyn = 0;
+    while ((p = strstr(p, "\"encoding\":\"dynamic\""))) { dyn++; p++; }
+    assert_int_equal(dyn, 3);
+    uint8_t *b;
+    size_t l;
+    save(m, &b, &l);
+    mopt_model *m2 = NULL;
+    assert_int_equal(mopt_model_load(b, l, NULL, &m2, NULL), 0);   /* still a valid model */
+    assert_int_equal(ops_of(m2, "DynamicQuantizeLinear"), 3);
+    assert_int_equal(ops_of(m2, "MatMulInteger"), 3);
+    assert_int_equal(ops_of(m2, "MatMul"), 0);
+    assert_int_equal(ops_of(m2, "Gemm"), 0);
+    assert_int_equal(ops_of(m2, "Add"), 1);                       /* the Gemm bias */
+    mopt_weight *ws;
+    size_t nw;
+    assert_int_equal(mopt_model_weights(m2, &ws, &nw), 0);
+    for (size_t i = 0; i < nw; i++)   /* the float weights are gone */
+      assert_true(strcmp(ws[i].name, "W1") && strcmp(ws[i].name, "W2") && strcmp(ws[i].name, "C3"));
+    mopt_model_destroy(m2);
+    free(b);
+    free(rep);
+    mopt_model_destroy(m);
+    mopt_spec_free(&s);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(deterministic_output),
@@ -446,6 +497,7 @@ int main(void) {
     cmocka_unit_test(selection_and_zero_passes),
     cmocka_unit_test(cancel_and_refusals),
     cmocka_unit_test(fp16_and_decompose),
+    cmocka_unit_test(dynamic_activations),
   };
   return cmocka_run_group_tests_name("core/pipeline", tests, NULL, NULL);
 }
