@@ -24,15 +24,14 @@
 #include "mopt.h"
 #include "payload.h"
 
-#define HDR_SIZE 208u
-#define HDR_HASHED 176u
-#define REC_SIZE 32u
-#define REC_GAP 1
-#define REC_CHUNK 2
-#define MODE_SAME 0
-#define MODE_RAW 1
-#define MODE_XOR 2
-#define MODE_SUB 3
+#define HDR_SIZE 168u
+#define HDR_HASHED 136u
+#define K_GAP 0
+#define K_SAME 1
+#define K_RAW 2
+#define K_XOR 3
+#define K_SUB 4
+#define OP_ROT 0x20u
 #define NO_BASE UINT64_MAX
 #define PREFIX_MAX (8u << 20)
 #define CHUNK_MAX (4u << 20)
@@ -46,6 +45,14 @@ static const uint8_t MAGIC[8] = {'M', 'O', 'P', 'T', 'P', 'A', 'Y', '\n'};
 
 /* ---------------------------------------------------------------- little helpers ---- */
 static void put32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static size_t put_varint(uint8_t *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) { p[n++] = (uint8_t)(v | 0x80); v >>= 7; }
+  p[n++] = (uint8_t)v;
+  return n;
+}
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t z) { return (int64_t)(z >> 1) ^ -(int64_t)(z & 1); }
 static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
 static uint32_t get32(const uint8_t *p) {
   uint32_t v = 0;
@@ -239,16 +246,9 @@ static unsigned dtype_elem_size(int32_t dt) {
   default: return 1;
   }
 }
-static int dtype_is_int(int32_t dt) {
-  switch (dt) {
-  case MOPT_DT_UINT8: case MOPT_DT_INT8: case MOPT_DT_UINT16: case MOPT_DT_INT16:
-  case MOPT_DT_INT32: case MOPT_DT_INT64: case MOPT_DT_UINT32: case MOPT_DT_UINT64:
-  case MOPT_DT_BOOL: case MOPT_DT_UINT4: case MOPT_DT_INT4: return 1;
-  default: return 0;
-  }
-}
 
 /* ---------------------------------------------------------------- chunk transforms ---- */
+/* The scalar reference semantics are those of payload.h; these loops are the only ones. */
 static void split_planes(const uint8_t *src, size_t n, unsigned es, uint8_t *planes) {
   size_t m = n / es;
   if (es == 1) { memcpy(planes, src, n); return; }
@@ -266,7 +266,7 @@ static void join_planes(const uint8_t *planes, size_t n, unsigned es, uint8_t *d
     for (size_t i = 0; i < m; i++) {
       uint32_t v = (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 |
                    (uint32_t)p3[i] << 24;
-      memcpy(dst + 4 * i, &v, 4);   /* little-endian hosts only (checked at runtime below) */
+      memcpy(dst + 4 * i, &v, 4);   /* little-endian hosts only (checked at entry) */
     }
     return;
   }
@@ -286,18 +286,45 @@ static void xor_into(uint8_t *dst, const uint8_t *a, const uint8_t *b, size_t n)
   }
   for (; i < n; i++) dst[i] = a[i] ^ b[i];
 }
-/* dst = a - b (sign = -1) or a + b (sign = +1), element-wise little-endian modulo 2^(8 es). */
-static void addsub(uint8_t *dst, const uint8_t *a, const uint8_t *b, size_t n, unsigned es, int sign) {
-  size_t m = n / es;
-  for (size_t i = 0; i < m; i++) {
-    uint64_t x = 0, y = 0;
-    for (unsigned k = 0; k < es; k++) {
-      x |= (uint64_t)a[i * es + k] << (8 * k);
-      y |= (uint64_t)b[i * es + k] << (8 * k);
+/* Elements as es-byte little-endian integers (host is little-endian). */
+static uint64_t ld(const uint8_t *p, unsigned es) { uint64_t v = 0; memcpy(&v, p, es); return v; }
+static void st(uint8_t *p, uint64_t v, unsigned es) { memcpy(p, &v, es); }
+static uint64_t mask_of(unsigned es) { return es == 8 ? UINT64_MAX : (1ull << (8 * es)) - 1; }
+
+/* ROT: rotate every element left (left = 1) or right by one bit within its width. */
+static void rot_elems(uint8_t *buf, size_t n, unsigned es, int left) {
+  unsigned bits = 8 * es;
+  uint64_t mk = mask_of(es);
+  if (es == 4) {
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+      uint32_t v;
+      memcpy(&v, buf + i, 4);
+      v = left ? (v << 1) | (v >> 31) : (v >> 1) | (v << 31);
+      memcpy(buf + i, &v, 4);
     }
-    uint64_t r = sign > 0 ? x + y : x - y;
-    for (unsigned k = 0; k < es; k++) dst[i * es + k] = (uint8_t)(r >> (8 * k));
+    return;
   }
+  for (size_t i = 0; i + es <= n; i += es) {
+    uint64_t v = ld(buf + i, es);
+    v = left ? ((v << 1) | (v >> (bits - 1))) & mk : ((v >> 1) | (v << (bits - 1))) & mk;
+    st(buf + i, v, es);
+  }
+}
+/* SUB encode: dst = zigzag(t - b) per element, signed within the element width. */
+static void sub_zz(uint8_t *dst, const uint8_t *t, const uint8_t *b, size_t n, unsigned es) {
+  unsigned sh = 64 - 8 * es;
+  uint64_t mk = mask_of(es);
+  for (size_t i = 0; i + es <= n; i += es) {
+    uint64_t d = (ld(t + i, es) - ld(b + i, es)) & mk;
+    int64_t sd = (int64_t)(d << sh) >> sh;
+    st(dst + i, zigzag(sd) & mk, es);
+  }
+}
+/* SUB decode: dst = b + unzigzag(d) modulo 2^(8 es). dst may alias d. */
+static void add_zz(uint8_t *dst, const uint8_t *b, const uint8_t *d, size_t n, unsigned es) {
+  uint64_t mk = mask_of(es);
+  for (size_t i = 0; i + es <= n; i += es)
+    st(dst + i, (ld(b + i, es) + (uint64_t)unzigzag(ld(d + i, es))) & mk, es);
 }
 
 /* ---------------------------------------------------------------- writer ---- */
@@ -327,6 +354,40 @@ static void wr_put(wr *w, const void *data, size_t n) {
   }
 }
 
+/* ---------------------------------------------------------------- header ---- */
+typedef struct hdr {
+  uint32_t kind, npre;
+  uint64_t tsize, bsize, rec_len, nrec, pre_len, sk_clen, sk_len;
+  uint8_t tsha[32], bsha[32], psha[32];
+} hdr;
+
+static void hdr_write(const hdr *h, uint8_t *b) {
+  memset(b, 0, HDR_SIZE);
+  memcpy(b, MAGIC, 8);
+  b[8] = MOPT_PAYLOAD_VERSION;
+  b[9] = (uint8_t)h->kind;
+  put32(b + 12, h->npre);
+  put64(b + 16, h->tsize); put64(b + 24, h->bsize); put64(b + 32, h->rec_len);
+  put64(b + 40, h->nrec); put64(b + 48, h->pre_len); put64(b + 56, h->sk_clen);
+  put64(b + 64, h->sk_len);
+  memcpy(b + 72, h->tsha, 32); memcpy(b + 104, h->bsha, 32);
+}
+
+static void fill_info(mopt_payload_info *info, const hdr *h) {
+  info->version = MOPT_PAYLOAD_VERSION;
+  info->kind = h->kind;
+  info->payload_size = HDR_SIZE + h->rec_len + h->pre_len + h->sk_clen;
+  info->target_size = h->tsize;
+  hex32(h->tsha, info->target_sha256);
+  info->base_size = h->bsize;
+  if (h->kind == MOPT_PAYLOAD_DELTA) hex32(h->bsha, info->base_sha256);
+  else info->base_sha256[0] = 0;
+  info->n_records = h->nrec;
+  info->skeleton_prefixed = h->npre != 0;
+  info->skeleton_comp_len = h->sk_clen;
+  info->skeleton_len = h->sk_len;
+}
+
 /* ---------------------------------------------------------------- encoder ---- */
 typedef struct enc {
   int level, skel_level;
@@ -341,32 +402,50 @@ typedef struct enc {
   size_t prefix_len;
   uint8_t *tbuf, *bbuf, *xbuf, *planes, *cand, *best, *gapbuf;
   size_t candcap;
-  uint64_t nrec;
+  uint64_t nrec, bexp;
   wr w;
   mopt_payload_info st;
   mopt_diag *diag;
 } enc;
 
-/* Compresses src (n bytes, es-byte elements) as planes into dst. Returns bytes, or 0 on error. */
+#define PLANE_HDR_MAX 80u   /* 8 varints of at most 10 bytes */
+
+/* Encodes src (n bytes of es-byte elements) as the plane table + plane payloads into dst
+ * (capacity e->candcap). A plane zstd cannot shrink is stored. Returns the byte count. */
 static size_t enc_planes(enc *e, const uint8_t *src, size_t n, unsigned es, uint8_t *dst) {
   split_planes(src, n, es, e->planes);
-  size_t m = n / es, off = 4 * es;
+  size_t m = n / es, off = PLANE_HDR_MAX;
+  uint64_t szs[8];
   for (unsigned p = 0; p < es; p++) {
-    size_t r = ZSTD_compress2(e->cc, dst + off, e->candcap - off, e->planes + p * m, m);
-    if (ZSTD_isError(r)) return 0;
-    put32(dst + 4 * p, (uint32_t)r);
-    off += r;
+    const uint8_t *pl = e->planes + p * m;
+    size_t r = ZSTD_compress2(e->cc, dst + off, e->candcap - off, pl, m);
+    if (ZSTD_isError(r) || r >= m) {
+      memcpy(dst + off, pl, m);
+      szs[p] = ((uint64_t)m << 1) | 1;
+      off += m;
+    } else {
+      szs[p] = (uint64_t)r << 1;
+      off += r;
+    }
   }
-  return off;
+  uint8_t h[PLANE_HDR_MAX];
+  size_t hl = 0;
+  for (unsigned p = 0; p < es; p++) hl += put_varint(h + hl, szs[p]);
+  memmove(dst + hl, dst + PLANE_HDR_MAX, off - PLANE_HDR_MAX);
+  memcpy(dst, h, hl);
+  return hl + off - PLANE_HDR_MAX;
 }
 
-static void enc_record(enc *e, int type, int mode, unsigned es, uint64_t out_len, uint64_t base_off,
-                       const uint8_t *data, size_t data_len) {
-  uint8_t h[REC_SIZE] = {0};
-  h[0] = (uint8_t)type; h[1] = (uint8_t)mode; h[2] = (uint8_t)es;
-  put64(h + 8, out_len); put64(h + 16, base_off); put64(h + 24, data_len);
-  wr_put(&e->w, h, sizeof h);
-  if (data_len) wr_put(&e->w, data, data_len);
+static void enc_head(enc *e, unsigned op, uint64_t out_len, uint64_t base_off) {
+  uint8_t h[32];
+  size_t n = 0;
+  h[n++] = (uint8_t)op;
+  n += put_varint(h + n, out_len);
+  if (base_off != NO_BASE) {
+    n += put_varint(h + n, zigzag((int64_t)(base_off - e->bexp)));
+    e->bexp = base_off + out_len;
+  }
+  wr_put(&e->w, h, n);
   e->nrec++;
 }
 
@@ -391,7 +470,7 @@ static int sk_feed(enc *e, int which, const uint8_t *src, size_t n, ZSTD_EndDire
 /* Target bytes [off, off+len) that are not tensor data: one GAP record, fed to the skeleton. */
 static int enc_gap(enc *e, uint64_t off, uint64_t len, int two) {
   if (!len) return 0;
-  enc_record(e, REC_GAP, 0, 0, len, NO_BASE, NULL, 0);
+  enc_head(e, K_GAP, len, NO_BASE);
   while (len) {
     size_t n = len < IO_BUF ? (size_t)len : IO_BUF;
     if (pread_full(e->tfd, e->gapbuf, n, off))
@@ -408,11 +487,17 @@ static int enc_gap(enc *e, uint64_t off, uint64_t len, int two) {
 
 static void swap_best(enc *e) { uint8_t *t = e->best; e->best = e->cand; e->cand = t; }
 
-/* One tensor: CHUNK records; base_off == NO_BASE when unmatched. */
+static int dtype_is_float(int32_t dt) {
+  return dt == MOPT_DT_FLOAT || dt == MOPT_DT_FLOAT16 || dt == MOPT_DT_BFLOAT16 ||
+         dt == MOPT_DT_DOUBLE || dt == MOPT_DT_COMPLEX64 || dt == MOPT_DT_COMPLEX128;
+}
+
+/* One tensor as chunk records; base_off == NO_BASE when it has no match in the base. */
 static int enc_tensor(enc *e, const tent *t, uint64_t base_off) {
   unsigned es = dtype_elem_size(t->dtype);
   if (t->len % es) es = 1;
-  int is_int = dtype_is_int(t->dtype);
+  unsigned lg = es == 1 ? 0 : es == 2 ? 1 : es == 4 ? 2 : 3;
+  unsigned rot = dtype_is_float(t->dtype) && es >= 2 ? OP_ROT : 0;
   size_t chunk = e->chunk - e->chunk % es;
   for (uint64_t pos = 0; pos < t->len;) {
     size_t n = t->len - pos < chunk ? (size_t)(t->len - pos) : chunk;
@@ -423,28 +508,30 @@ static int enc_tensor(enc *e, const tent *t, uint64_t base_off) {
       if (pread_full(e->bfd, e->bbuf, n, bo))
         return mopt_diag_set(e->diag, MOPT_EIO, t->name, "base read error");
       if (!memcmp(e->tbuf, e->bbuf, n)) {
-        enc_record(e, REC_CHUNK, MODE_SAME, es, n, bo, NULL, 0);
+        enc_head(e, K_SAME | lg << 3, n, bo);
         e->st.bytes_same += n;
         pos += n;
         continue;
       }
     }
+    if (rot) {
+      rot_elems(e->tbuf, n, es, 1);
+      if (bo != NO_BASE) rot_elems(e->bbuf, n, es, 1);
+    }
     size_t bl = enc_planes(e, e->tbuf, n, es, e->best);
-    int mode = MODE_RAW;
-    if (!bl) return mopt_diag_set(e->diag, MOPT_EINTERNAL, t->name, "zstd compression failed");
+    unsigned kind = K_RAW;
     if (bo != NO_BASE) {
       xor_into(e->xbuf, e->tbuf, e->bbuf, n);
       size_t cl = enc_planes(e, e->xbuf, n, es, e->cand);
-      if (cl && cl < bl) { swap_best(e); bl = cl; mode = MODE_XOR; }
-      if (is_int && es > 0) {
-        addsub(e->xbuf, e->tbuf, e->bbuf, n, es, -1);
-        cl = enc_planes(e, e->xbuf, n, es, e->cand);
-        if (cl && cl < bl) { swap_best(e); bl = cl; mode = MODE_SUB; }
-      }
+      if (cl < bl) { swap_best(e); bl = cl; kind = K_XOR; }
+      sub_zz(e->xbuf, e->tbuf, e->bbuf, n, es);
+      cl = enc_planes(e, e->xbuf, n, es, e->cand);
+      if (cl < bl) { swap_best(e); bl = cl; kind = K_SUB; }
     }
-    enc_record(e, REC_CHUNK, mode, es, n, mode == MODE_RAW ? NO_BASE : bo, e->best, bl);
-    if (mode == MODE_RAW) e->st.bytes_raw += n;
-    else if (mode == MODE_XOR) e->st.bytes_xor += n;
+    enc_head(e, kind | lg << 3 | rot, n, kind == K_RAW ? NO_BASE : bo);
+    wr_put(&e->w, e->best, bl);
+    if (kind == K_RAW) e->st.bytes_raw += n;
+    else if (kind == K_XOR) e->st.bytes_xor += n;
     else e->st.bytes_sub += n;
     pos += n;
   }
@@ -461,25 +548,18 @@ static int check_opts(const mopt_payload_opts *o, mopt_diag *diag) {
   return 0;
 }
 
-static void fill_info_hdr(mopt_payload_info *info, const uint8_t *h) {
-  info->version = get32(h + 8);
-  info->kind = get32(h + 12);
-  info->payload_size = get64(h + 16);
-  info->target_size = get64(h + 24);
-  hex32(h + 32, info->target_sha256);
-  info->base_size = get64(h + 64);
-  if (info->kind == MOPT_PAYLOAD_DELTA) hex32(h + 72, info->base_sha256);
-  else info->base_sha256[0] = 0;
-  info->n_records = get64(h + 120);
-  info->skeleton_prefixed = get64(h + 136) != 0;
-  info->skeleton_comp_len = get64(h + 152);
-  info->skeleton_len = get64(h + 160);
+static int is_little_endian(void) {
+  uint16_t v = 1;
+  uint8_t b;
+  memcpy(&b, &v, 1);
+  return b == 1;
 }
 
 /* The shared encoder behind pack (base_path NULL) and delta. */
 static int encode(const char *base_path, const char *target_path, const char *out_path,
                   const mopt_payload_opts *opts, mopt_payload_info *info, mopt_diag *diag) {
   if (diag) diag->msg[0] = diag->where[0] = 0;
+  if (!is_little_endian()) return mopt_diag_set(diag, MOPT_EUNSUPPORTED, "host", "big-endian hosts are not supported");
   int rc = check_opts(opts, diag);
   if (rc) return rc;
   enc e;
@@ -493,6 +573,8 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   char *tmp = NULL;
   int delta = base_path != NULL;
   int opaque = opts && opts->opaque;
+  hdr h;
+  memset(&h, 0, sizeof h);
 
   e.tfd = open_in(target_path, &e.tsize, diag);
   if (e.tfd < 0) { rc = e.tfd; e.tfd = -1; goto out; }
@@ -506,24 +588,22 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   if ((rc = list_tensors(target_path, e.tsize, opaque, &tl))) goto out;
   if (delta && (rc = list_tensors(base_path, e.bsize, opaque, &bl))) goto out;
 
-  /* hashes of the inputs */
-  uint8_t tsha[32], bsha[32] = {0};
   e.gapbuf = malloc(IO_BUF);
   e.w.buf = malloc(IO_BUF);
   if (!e.gapbuf || !e.w.buf) { rc = MOPT_ENOMEM; goto out; }
   {
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
-    if (hash_range(e.tfd, 0, e.tsize, &h, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, target_path, "read error"); goto out; }
-    crypto_hash_sha256_final(&h, tsha);
+    crypto_hash_sha256_state hs;
+    crypto_hash_sha256_init(&hs);
+    if (hash_range(e.tfd, 0, e.tsize, &hs, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, target_path, "read error"); goto out; }
+    crypto_hash_sha256_final(&hs, h.tsha);
     if (delta) {
-      crypto_hash_sha256_init(&h);
-      if (hash_range(e.bfd, 0, e.bsize, &h, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, base_path, "read error"); goto out; }
-      crypto_hash_sha256_final(&h, bsha);
+      crypto_hash_sha256_init(&hs);
+      if (hash_range(e.bfd, 0, e.bsize, &hs, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, base_path, "read error"); goto out; }
+      crypto_hash_sha256_final(&hs, h.bsha);
     }
   }
 
-  /* base skeleton ranges → prefix (≤ PREFIX_MAX bytes) */
+  /* base skeleton ranges → prefix (≤ PREFIX_MAX bytes), and the base tensors by key */
   if (delta) {
     pranges = malloc((bl.n + 1) * sizeof *pranges);
     e.prefix = malloc(PREFIX_MAX);
@@ -556,17 +636,20 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   e.cc = ZSTD_createCCtx();
   if (!e.tbuf || !e.bbuf || !e.xbuf || !e.planes || !e.cand || !e.best || !e.cc) { rc = MOPT_ENOMEM; goto out; }
   ZSTD_CCtx_setParameter(e.cc, ZSTD_c_compressionLevel, e.level);
-  ZSTD_CCtx_setParameter(e.cc, ZSTD_c_checksumFlag, 1);
-  uint64_t skel_len = e.tsize;
-  for (size_t i = 0; i < tl.n; i++) skel_len -= tl.v[i].len;
-  e.skel_level = skel_len <= AUTO_LEVEL_LIMIT ? 19 : 3;
+  ZSTD_CCtx_setParameter(e.cc, ZSTD_c_format, ZSTD_f_zstd1_magicless);
+  ZSTD_CCtx_setParameter(e.cc, ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(e.cc, ZSTD_c_contentSizeFlag, 1);
+  ZSTD_CCtx_setParameter(e.cc, ZSTD_c_dictIDFlag, 0);
+  h.sk_len = e.tsize;
+  for (size_t i = 0; i < tl.n; i++) h.sk_len -= tl.v[i].len;
+  e.skel_level = h.sk_len <= AUTO_LEVEL_LIMIT ? 19 : 3;
   for (int k = 0; k < (delta ? 2 : 1); k++) {
     e.sk[k] = ZSTD_createCCtx();
     if (!e.sk[k]) { rc = MOPT_ENOMEM; goto out; }
     ZSTD_CCtx_setParameter(e.sk[k], ZSTD_c_compressionLevel, e.skel_level);
     ZSTD_CCtx_setParameter(e.sk[k], ZSTD_c_windowLog, SKEL_WLOG);
     ZSTD_CCtx_setParameter(e.sk[k], ZSTD_c_checksumFlag, 1);
-    ZSTD_CCtx_setPledgedSrcSize(e.sk[k], skel_len);
+    ZSTD_CCtx_setPledgedSrcSize(e.sk[k], h.sk_len);
   }
   if (delta && e.prefix_len) ZSTD_CCtx_refPrefix(e.sk[1], e.prefix, e.prefix_len);
 
@@ -606,41 +689,41 @@ static int encode(const char *base_path, const char *target_path, const char *ou
     cur = t->off + t->len;
   }
   if ((rc = enc_gap(&e, cur, e.tsize - cur, delta))) goto out;
-  uint64_t records_len = e.w.written;
+  h.rec_len = e.w.written;
+  h.nrec = e.nrec;
   for (int k = 0; k < (delta ? 2 : 1); k++)
     if ((rc = sk_feed(&e, k, NULL, 0, ZSTD_e_end))) goto out;
-  int use_prefix = delta && npr && e.sklen[1] + 16 * npr < e.sklen[0];
-  if (!use_prefix) npr = 0;
+  /* the prefix table, varint-coded; used only when it pays for itself */
+  uint8_t *ptab = malloc(npr * 20 + 1);
+  if (!ptab) { rc = MOPT_ENOMEM; goto out; }
+  size_t ptl = 0;
+  uint64_t pend = 0;
   for (size_t i = 0; i < npr; i++) {
-    uint8_t pe[16];
-    put64(pe, pranges[i][0]); put64(pe + 8, pranges[i][1]);
-    wr_put(&e.w, pe, 16);
+    ptl += put_varint(ptab + ptl, pranges[i][0] - pend);
+    ptl += put_varint(ptab + ptl, pranges[i][1]);
+    pend = pranges[i][0] + pranges[i][1];
   }
+  int use_prefix = delta && npr && e.sklen[1] + ptl < e.sklen[0];
+  if (use_prefix) {
+    wr_put(&e.w, ptab, ptl);
+    h.npre = (uint32_t)npr;
+    h.pre_len = ptl;
+  }
+  free(ptab);
   int sk = use_prefix ? 1 : 0;
   wr_put(&e.w, e.skout[sk], e.sklen[sk]);
+  h.sk_clen = e.sklen[sk];
   wr_flush(&e.w);
   if (e.w.err) { rc = mopt_diag_set(diag, MOPT_EIO, out_path, "write error: %s", strerror(e.w.err)); goto out; }
 
-  uint8_t hdr[HDR_SIZE] = {0};
-  memcpy(hdr, MAGIC, 8);
-  put32(hdr + 8, MOPT_PAYLOAD_VERSION);
-  put32(hdr + 12, delta ? MOPT_PAYLOAD_DELTA : MOPT_PAYLOAD_FULL);
-  put64(hdr + 16, HDR_SIZE + e.w.written);
-  put64(hdr + 24, e.tsize);
-  memcpy(hdr + 32, tsha, 32);
-  put64(hdr + 64, delta ? e.bsize : 0);
-  if (delta) memcpy(hdr + 72, bsha, 32);
-  put64(hdr + 104, HDR_SIZE);
-  put64(hdr + 112, records_len);
-  put64(hdr + 120, e.nrec);
-  put64(hdr + 128, HDR_SIZE + records_len);
-  put64(hdr + 136, npr);
-  put64(hdr + 144, HDR_SIZE + records_len + 16 * npr);
-  put64(hdr + 152, e.sklen[sk]);
-  put64(hdr + 160, skel_len);
-  crypto_hash_sha256_update(&e.w.h, hdr, HDR_HASHED);
-  crypto_hash_sha256_final(&e.w.h, hdr + HDR_HASHED);
-  if (pwrite(ofd, hdr, HDR_SIZE, 0) != (ssize_t)HDR_SIZE) {
+  h.kind = delta ? MOPT_PAYLOAD_DELTA : MOPT_PAYLOAD_FULL;
+  h.tsize = e.tsize;
+  h.bsize = delta ? e.bsize : 0;
+  uint8_t raw[HDR_SIZE];
+  hdr_write(&h, raw);
+  crypto_hash_sha256_update(&e.w.h, raw, HDR_HASHED);
+  crypto_hash_sha256_final(&e.w.h, raw + HDR_HASHED);
+  if (pwrite(ofd, raw, HDR_SIZE, 0) != (ssize_t)HDR_SIZE) {
     rc = mopt_diag_set(diag, MOPT_EIO, out_path, "write error: %s", strerror(errno));
     goto out;
   }
@@ -648,7 +731,7 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   rc = temp_commit(ofd, tmp, out_path, diag);
   if (!rc && info) {
     *info = e.st;
-    fill_info_hdr(info, hdr);
+    fill_info(info, &h);
   }
 out:
   if (e.w.fd >= 0) temp_abort(e.w.fd, tmp);
@@ -678,43 +761,35 @@ int mopt_payload_delta_file(const char *base_path, const char *target_path, cons
 }
 
 /* ---------------------------------------------------------------- decoder ---- */
-typedef struct hdr {
-  uint32_t kind;
-  uint64_t psize, tsize, bsize, rec_off, rec_len, nrec, pre_off, npre, sk_off, sk_clen, sk_len;
-  uint8_t tsha[32], bsha[32], psha[32];
-} hdr;
-
 #define BAD(where, ...) mopt_diag_set(diag, MOPT_EPAYLOAD, where, __VA_ARGS__)
 
 static int hdr_parse(const uint8_t *b, uint64_t fsize, hdr *h, mopt_diag *diag) {
   if (memcmp(b, MAGIC, 8)) return BAD("byte 0", "not a moptd OTA payload (bad magic)");
-  uint32_t ver = get32(b + 8);
-  if (ver != MOPT_PAYLOAD_VERSION)
-    return BAD("byte 8", "payload format version %u is not supported (this build reads %u)", ver,
+  if (b[8] != MOPT_PAYLOAD_VERSION)
+    return BAD("byte 8", "payload format version %u is not supported (this build reads %u)", b[8],
                MOPT_PAYLOAD_VERSION);
-  h->kind = get32(b + 12);
+  h->kind = b[9];
   if (h->kind != MOPT_PAYLOAD_FULL && h->kind != MOPT_PAYLOAD_DELTA)
-    return BAD("byte 12", "unknown payload kind %u", h->kind);
-  h->psize = get64(b + 16); h->tsize = get64(b + 24); h->bsize = get64(b + 64);
-  h->rec_off = get64(b + 104); h->rec_len = get64(b + 112); h->nrec = get64(b + 120);
-  h->pre_off = get64(b + 128); h->npre = get64(b + 136); h->sk_off = get64(b + 144);
-  h->sk_clen = get64(b + 152); h->sk_len = get64(b + 160);
-  memcpy(h->tsha, b + 32, 32); memcpy(h->bsha, b + 72, 32); memcpy(h->psha, b + HDR_HASHED, 32);
-  if (h->psize != fsize)
-    return BAD("byte 16", "payload is %llu bytes but its header says %llu (truncated or extended)",
-               (unsigned long long)fsize, (unsigned long long)h->psize);
-  if (get32(b + 168) || get32(b + 172)) return BAD("byte 168", "reserved header fields are not zero");
-  if (h->rec_off != HDR_SIZE) return BAD("byte 104", "records do not start at byte %u", HDR_SIZE);
-  if (h->npre > PREFIX_MAX || h->rec_len > fsize || h->sk_clen > fsize ||
-      h->pre_off != h->rec_off + h->rec_len || h->sk_off != h->pre_off + 16 * h->npre ||
-      h->sk_off > fsize || h->sk_off + h->sk_clen != fsize)
-    return BAD("byte 104", "sections do not tile the payload");
-  if (h->nrec > h->rec_len / REC_SIZE) return BAD("byte 120", "record count exceeds the records section");
-  if (h->sk_len > h->tsize) return BAD("byte 160", "skeleton is longer than the target");
+    return BAD("byte 9", "unknown payload kind %u", h->kind);
+  if (b[10] || b[11]) return BAD("byte 10", "unknown header flags");
+  h->npre = get32(b + 12);
+  h->tsize = get64(b + 16); h->bsize = get64(b + 24); h->rec_len = get64(b + 32);
+  h->nrec = get64(b + 40); h->pre_len = get64(b + 48); h->sk_clen = get64(b + 56);
+  h->sk_len = get64(b + 64);
+  memcpy(h->tsha, b + 72, 32); memcpy(h->bsha, b + 104, 32); memcpy(h->psha, b + HDR_HASHED, 32);
+  uint64_t body = fsize - HDR_SIZE;
+  if (h->rec_len > body || h->pre_len > body || h->sk_clen > body ||
+      h->rec_len + h->pre_len + h->sk_clen != body)
+    return BAD("byte 32", "payload is %llu bytes but its header describes %llu bytes (truncated or "
+               "extended)", (unsigned long long)fsize,
+               (unsigned long long)(HDR_SIZE + h->rec_len + h->pre_len + h->sk_clen));
+  if (h->nrec > h->rec_len / 2) return BAD("byte 40", "record count exceeds the records section");
+  if (h->npre > h->pre_len / 2) return BAD("byte 12", "prefix count exceeds the prefix table");
+  if (h->sk_len > h->tsize) return BAD("byte 64", "skeleton is longer than the target");
   if (h->kind == MOPT_PAYLOAD_FULL) {
     static const uint8_t zero[32];
-    if (h->bsize || h->npre || memcmp(h->bsha, zero, 32))
-      return BAD("byte 64", "a full payload names a base");
+    if (h->bsize || h->npre || h->pre_len || memcmp(h->bsha, zero, 32))
+      return BAD("byte 24", "a full payload names a base");
   }
   return 0;
 }
@@ -727,81 +802,173 @@ static int read_header(int pfd, uint64_t psize, hdr *h, uint8_t *raw, mopt_diag 
   return hdr_parse(raw, psize, h, diag);
 }
 
-/* Pass 1: every record's structure, without decoding anything. */
-static int check_records(int pfd, const hdr *h, uint64_t bsize, mopt_diag *diag) {
-  uint64_t pos = h->rec_off, end = h->rec_off + h->rec_len, out = 0, gaps = 0;
+/* A buffered reader over one section of the payload file. */
+#define RD_BUF (64u << 10)
+typedef struct rdr {
+  int fd;
+  uint64_t pos, end;          /* logical position and section end */
+  uint64_t boff;              /* buf holds [boff, boff + blen) */
+  size_t blen;
+  uint8_t *buf;
+  int ioerr;
+} rdr;
+
+static int rd_get(rdr *r, uint8_t *dst, size_t n) {
+  if (n > r->end - r->pos) return -1;
+  while (n) {
+    if (r->pos >= r->boff && r->pos < r->boff + r->blen) {
+      size_t k = (size_t)(r->boff + r->blen - r->pos);
+      if (k > n) k = n;
+      memcpy(dst, r->buf + (r->pos - r->boff), k);
+      r->pos += k; dst += k; n -= k;
+      continue;
+    }
+    if (n >= RD_BUF) {
+      if (pread_full(r->fd, dst, n, r->pos)) { r->ioerr = 1; return -1; }
+      r->pos += n;
+      return 0;
+    }
+    size_t k = r->end - r->pos < RD_BUF ? (size_t)(r->end - r->pos) : RD_BUF;
+    if (pread_full(r->fd, r->buf, k, r->pos)) { r->ioerr = 1; return -1; }
+    r->boff = r->pos; r->blen = k;
+  }
+  return 0;
+}
+static int rd_skip(rdr *r, uint64_t n) {
+  if (n > r->end - r->pos) return -1;
+  r->pos += n;
+  return 0;
+}
+static int rd_varint(rdr *r, uint64_t *v) {
+  *v = 0;
+  for (int i = 0; i < 10; i++) {
+    uint8_t b;
+    if (rd_get(r, &b, 1)) return -1;
+    if (i == 9 && b > 1) return -1;
+    *v |= (uint64_t)(b & 0x7f) << (7 * i);
+    if (!(b & 0x80)) return 0;
+  }
+  return -1;
+}
+
+typedef struct rec {
+  unsigned kind, es, rot;
+  uint64_t out_len, base_off;
+  uint64_t psz[8];
+  int stored[8];
+} rec;
+
+/* Parses and checks one record header (not the plane payloads). */
+static int rec_read(rdr *r, const hdr *h, uint64_t bsize, uint64_t out_left, uint64_t *bexp,
+                    rec *c, const char *where, mopt_diag *diag) {
+  uint8_t op;
+  if (rd_get(r, &op, 1)) return BAD(where, "record runs past the records section");
+  if (op & 0xC0) return BAD(where, "record op 0x%02x has reserved bits set", op);
+  c->kind = op & 7;
+  c->es = 1u << ((op >> 3) & 3);
+  c->rot = (op & OP_ROT) != 0;
+  if (c->kind > K_SUB) return BAD(where, "unknown record kind %u", c->kind);
+  if (rd_varint(r, &c->out_len)) return BAD(where, "bad record length");
+  if (c->out_len == 0 || c->out_len > out_left)
+    return BAD(where, "record length %llu overruns the target", (unsigned long long)c->out_len);
+  c->base_off = NO_BASE;
+  if (c->kind == K_GAP) {
+    if (op & 0x38) return BAD(where, "GAP record with element bits");
+    return 0;
+  }
+  if (c->rot && c->es == 1) return BAD(where, "ROT on one-byte elements");
+  if (c->out_len > CHUNK_MAX || c->out_len % c->es)
+    return BAD(where, "chunk length %llu is invalid", (unsigned long long)c->out_len);
+  if (c->kind != K_RAW) {
+    uint64_t z;
+    if (h->kind != MOPT_PAYLOAD_DELTA) return BAD(where, "chunk refers to a base in a full payload");
+    if (rd_varint(r, &z)) return BAD(where, "bad base offset");
+    c->base_off = *bexp + (uint64_t)unzigzag(z);
+    if (c->base_off > bsize || c->out_len > bsize - c->base_off)
+      return BAD(where, "base range lies beyond the base (%llu bytes)", (unsigned long long)bsize);
+    *bexp = c->base_off + c->out_len;
+  }
+  if (c->kind == K_SAME) return 0;
+  uint64_t m = c->out_len / c->es;
+  for (unsigned p = 0; p < c->es; p++) {
+    uint64_t v;
+    if (rd_varint(r, &v)) return BAD(where, "bad plane table");
+    c->stored[p] = (int)(v & 1);
+    c->psz[p] = v >> 1;
+    if (c->stored[p] ? c->psz[p] != m : (c->psz[p] < 2 || c->psz[p] > ZSTD_compressBound((size_t)m) + 64))
+      return BAD(where, "plane %u size %llu is invalid for %llu bytes", p,
+                 (unsigned long long)c->psz[p], (unsigned long long)m);
+  }
+  return 0;
+}
+
+/* Pass 1: every record's structure and every frame header, without decoding anything. */
+static int check_records(int pfd, const hdr *h, uint64_t bsize, uint8_t *buf, mopt_diag *diag) {
+  rdr r = {pfd, HDR_SIZE, HDR_SIZE + h->rec_len, 0, 0, buf, 0};
+  uint64_t out = 0, gaps = 0, bexp = 0;
   char where[64];
   for (uint64_t i = 0; i < h->nrec; i++) {
-    uint8_t r[REC_SIZE];
-    snprintf(where, sizeof where, "record %llu (byte %llu)", (unsigned long long)i, (unsigned long long)pos);
-    if (end - pos < REC_SIZE) return BAD(where, "record header runs past the records section");
-    if (pread_full(pfd, r, REC_SIZE, pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-    pos += REC_SIZE;
-    unsigned type = r[0], mode = r[1], es = r[2];
-    uint64_t olen = get64(r + 8), boff = get64(r + 16), dlen = get64(r + 24);
-    if (r[3] || get32(r + 4)) return BAD(where, "reserved record fields are not zero");
-    if (olen == 0 || olen > h->tsize - out) return BAD(where, "record length %llu overruns the target", (unsigned long long)olen);
-    if (dlen > end - pos) return BAD(where, "record data runs past the records section");
-    if (type == REC_GAP) {
-      if (mode || es || boff != NO_BASE || dlen) return BAD(where, "malformed GAP record");
-      if (olen > h->sk_len - gaps) return BAD(where, "GAP records exceed the skeleton length");
-      gaps += olen;
-    } else if (type == REC_CHUNK) {
-      if (es != 1 && es != 2 && es != 4 && es != 8) return BAD(where, "element size %u is not 1, 2, 4 or 8", es);
-      if (olen > CHUNK_MAX || olen % es) return BAD(where, "chunk length %llu is invalid", (unsigned long long)olen);
-      if (mode > MODE_SUB) return BAD(where, "unknown chunk mode %u", mode);
-      if (mode == MODE_RAW) {
-        if (boff != NO_BASE) return BAD(where, "RAW chunk names a base range");
-      } else {
-        if (h->kind != MOPT_PAYLOAD_DELTA) return BAD(where, "chunk refers to a base in a full payload");
-        if (boff > bsize || olen > bsize - boff) return BAD(where, "base range lies beyond the base (%llu bytes)", (unsigned long long)bsize);
-      }
-      if (mode == MODE_SAME) {
-        if (dlen) return BAD(where, "SAME chunk carries data");
-      } else {
-        uint8_t sz[32];
-        if (dlen < 4u * es) return BAD(where, "chunk data too short for its frame table");
-        if (pread_full(pfd, sz, 4u * es, pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-        uint64_t sum = 4u * es, m = olen / es, fpos = pos + 4u * es;
-        for (unsigned p = 0; p < es; p++) {
-          uint64_t c = get32(sz + 4 * p);
-          if (c > ZSTD_compressBound((size_t)m) + 64 || c < 4) return BAD(where, "plane %u frame size %llu is invalid", p, (unsigned long long)c);
-          uint8_t fh[ZSTD_FRAMEHEADERSIZE_MAX];
-          size_t fl = c < sizeof fh ? (size_t)c : sizeof fh;
-          if (fpos + fl > end || pread_full(pfd, fh, fl, fpos)) return BAD(where, "plane %u frame lies beyond the records", p);
-          unsigned long long cs = ZSTD_getFrameContentSize(fh, fl);
-          if (cs != m) return BAD(where, "plane %u frame declares %llu bytes, chunk needs %llu", p, cs, (unsigned long long)m);
-          sum += c; fpos += c;
+    rec c;
+    snprintf(where, sizeof where, "record %llu (byte %llu)", (unsigned long long)i, (unsigned long long)r.pos);
+    int rc = rec_read(&r, h, bsize, h->tsize - out, &bexp, &c, where, diag);
+    if (rc) return r.ioerr ? mopt_diag_set(diag, MOPT_EIO, "payload", "read error") : rc;
+    if (c.kind == K_GAP) {
+      if (c.out_len > h->sk_len - gaps) return BAD(where, "GAP records exceed the skeleton length");
+      gaps += c.out_len;
+    } else if (c.kind != K_SAME) {
+      uint64_t m = c.out_len / c.es;
+      for (unsigned p = 0; p < c.es; p++) {
+        if (c.stored[p]) {
+          if (rd_skip(&r, m)) return BAD(where, "plane %u runs past the records section", p);
+          continue;
         }
-        if (sum != dlen) return BAD(where, "frame sizes add up to %llu, record says %llu", (unsigned long long)sum, (unsigned long long)dlen);
+        uint8_t fh[ZSTD_FRAMEHEADERSIZE_MAX];
+        size_t fl = c.psz[p] < sizeof fh ? (size_t)c.psz[p] : sizeof fh;
+        if (rd_get(&r, fh, fl) || rd_skip(&r, c.psz[p] - fl))
+          return BAD(where, "plane %u runs past the records section", p);
+        ZSTD_frameHeader zh;
+        if (ZSTD_getFrameHeader_advanced(&zh, fh, fl, ZSTD_f_zstd1_magicless) != 0 ||
+            zh.frameType != ZSTD_frame || zh.frameContentSize != m)
+          return BAD(where, "plane %u is not a zstd frame of %llu bytes", p, (unsigned long long)m);
       }
-    } else {
-      return BAD(where, "unknown record type %u", type);
     }
-    pos += dlen;
-    out += olen;
+    out += c.out_len;
   }
-  if (pos != end) return BAD("records", "records section has %llu trailing bytes", (unsigned long long)(end - pos));
-  if (out != h->tsize) return BAD("records", "records produce %llu bytes, target is %llu", (unsigned long long)out, (unsigned long long)h->tsize);
-  if (gaps != h->sk_len) return BAD("records", "GAP records take %llu skeleton bytes of %llu", (unsigned long long)gaps, (unsigned long long)h->sk_len);
+  if (r.pos != r.end)
+    return BAD("records", "records section has %llu trailing bytes", (unsigned long long)(r.end - r.pos));
+  if (out != h->tsize)
+    return BAD("records", "records produce %llu bytes, target is %llu", (unsigned long long)out, (unsigned long long)h->tsize);
+  if (gaps != h->sk_len)
+    return BAD("records", "GAP records take %llu skeleton bytes of %llu", (unsigned long long)gaps, (unsigned long long)h->sk_len);
   return 0;
 }
 
 typedef struct dec {
   int pfd, bfd;
   const hdr *h;
+  uint64_t bsize;
   ZSTD_DCtx *dc;
   ZSTD_DStream *ds;
   uint8_t *inbuf;
   size_t in_n, in_pos;
-  uint64_t sk_pos;          /* next payload byte of the skeleton frame to read */
+  uint64_t sk_pos, sk_end;  /* skeleton frame bytes still to read */
   size_t last;              /* last ZSTD_decompressStream return */
-  uint8_t *cbuf, *planes, *obuf, *bbuf;
+  uint8_t *cbuf, *planes, *obuf, *bbuf, *rbuf;
   wr w;
   mopt_diag *diag;
 } dec;
 
 #define SK_IN (128u << 10)
+
+static int skel_refill(dec *d) {
+  mopt_diag *diag = d->diag;
+  uint64_t left = d->sk_end - d->sk_pos;
+  if (!left) return BAD("skeleton", "skeleton frame ends early");
+  size_t k = left < SK_IN ? (size_t)left : SK_IN;
+  if (pread_full(d->pfd, d->inbuf, k, d->sk_pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
+  d->sk_pos += k; d->in_n = k; d->in_pos = 0;
+  return 0;
+}
 
 /* Produces n skeleton bytes into the output. */
 static int skel_out(dec *d, uint64_t n) {
@@ -811,11 +978,8 @@ static int skel_out(dec *d, uint64_t n) {
     ZSTD_outBuffer out = {d->obuf, want, 0};
     while (out.pos < out.size) {
       if (d->in_pos == d->in_n) {
-        uint64_t left = d->h->sk_off + d->h->sk_clen - d->sk_pos;
-        if (!left) return BAD("skeleton", "skeleton frame ends early");
-        size_t k = left < SK_IN ? (size_t)left : SK_IN;
-        if (pread_full(d->pfd, d->inbuf, k, d->sk_pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-        d->sk_pos += k; d->in_n = k; d->in_pos = 0;
+        int rc = skel_refill(d);
+        if (rc) return rc;
       }
       ZSTD_inBuffer in = {d->inbuf, d->in_n, d->in_pos};
       size_t r = ZSTD_decompressStream(d->ds, &out, &in);
@@ -835,11 +999,8 @@ static int skel_finish(dec *d) {
   uint8_t one;
   while (d->last != 0) {
     if (d->in_pos == d->in_n) {
-      uint64_t left = d->h->sk_off + d->h->sk_clen - d->sk_pos;
-      if (!left) return BAD("skeleton", "skeleton frame is incomplete");
-      size_t k = left < SK_IN ? (size_t)left : SK_IN;
-      if (pread_full(d->pfd, d->inbuf, k, d->sk_pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-      d->sk_pos += k; d->in_n = k; d->in_pos = 0;
+      int rc = skel_refill(d);
+      if (rc) return rc;
     }
     ZSTD_outBuffer out = {&one, 1, 0};
     ZSTD_inBuffer in = {d->inbuf, d->in_n, d->in_pos};
@@ -849,7 +1010,7 @@ static int skel_finish(dec *d) {
     if (out.pos) return BAD("skeleton", "skeleton frame is longer than the GAP records");
     d->last = r;
   }
-  if (d->in_pos != d->in_n || d->sk_pos != d->h->sk_off + d->h->sk_clen)
+  if (d->in_pos != d->in_n || d->sk_pos != d->sk_end)
     return BAD("skeleton", "bytes follow the skeleton frame");
   return 0;
 }
@@ -858,45 +1019,48 @@ static int skel_finish(dec *d) {
 static int decode_records(dec *d) {
   mopt_diag *diag = d->diag;
   const hdr *h = d->h;
-  uint64_t pos = h->rec_off;
+  rdr r = {d->pfd, HDR_SIZE, HDR_SIZE + h->rec_len, 0, 0, d->rbuf, 0};
+  uint64_t out = 0, bexp = 0;
   char where[64];
   d->last = 1;
   for (uint64_t i = 0; i < h->nrec; i++) {
-    uint8_t r[REC_SIZE];
-    if (pread_full(d->pfd, r, REC_SIZE, pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-    pos += REC_SIZE;
+    rec c;
     snprintf(where, sizeof where, "record %llu", (unsigned long long)i);
-    unsigned type = r[0], mode = r[1], es = r[2];
-    uint64_t olen = get64(r + 8), boff = get64(r + 16), dlen = get64(r + 24);
-    if (type == REC_GAP) {
-      int rc = skel_out(d, olen);
-      if (rc) return rc;
+    int rc = rec_read(&r, h, d->bsize, h->tsize - out, &bexp, &c, where, diag);
+    if (rc) return r.ioerr ? mopt_diag_set(diag, MOPT_EIO, "payload", "read error") : rc;
+    out += c.out_len;
+    if (c.kind == K_GAP) {
+      if ((rc = skel_out(d, c.out_len))) return rc;
       continue;
     }
-    size_t n = (size_t)olen, m = n / es;
-    if (mode != MODE_RAW && pread_full(d->bfd, d->bbuf, n, boff))
-      return mopt_diag_set(diag, MOPT_EIO, "base", "read error at byte %llu", (unsigned long long)boff);
-    if (mode == MODE_SAME) {
+    size_t n = (size_t)c.out_len, m = n / c.es;
+    if (c.kind != K_RAW && pread_full(d->bfd, d->bbuf, n, c.base_off))
+      return mopt_diag_set(diag, MOPT_EIO, "base", "read error at byte %llu", (unsigned long long)c.base_off);
+    if (c.kind == K_SAME) {
       wr_put(&d->w, d->bbuf, n);
       continue;
     }
-    uint8_t sz[32];
-    if (pread_full(d->pfd, sz, 4u * es, pos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-    uint64_t fpos = pos + 4u * es;
-    for (unsigned p = 0; p < es; p++) {
-      size_t c = get32(sz + 4 * p);
-      if (pread_full(d->pfd, d->cbuf, c, fpos)) return mopt_diag_set(diag, MOPT_EIO, "payload", "read error");
-      size_t got = ZSTD_decompressDCtx(d->dc, d->planes + p * m, m, d->cbuf, c);
+    for (unsigned p = 0; p < c.es; p++) {
+      uint8_t *pl = d->planes + p * m;
+      if (c.stored[p]) {
+        if (rd_get(&r, pl, m)) return BAD(where, "plane %u runs past the records", p);
+        continue;
+      }
+      size_t cs = (size_t)c.psz[p];
+      if (rd_get(&r, d->cbuf, cs)) return BAD(where, "plane %u runs past the records", p);
+      size_t got = ZSTD_decompressDCtx(d->dc, pl, m, d->cbuf, cs);
       if (ZSTD_isError(got) || got != m)
         return BAD(where, "plane %u does not decode to %zu bytes%s%s", p, m,
                    ZSTD_isError(got) ? ": " : "", ZSTD_isError(got) ? ZSTD_getErrorName(got) : "");
-      fpos += c;
     }
-    join_planes(d->planes, n, es, d->obuf);
-    if (mode == MODE_XOR) xor_into(d->obuf, d->obuf, d->bbuf, n);
-    else if (mode == MODE_SUB) addsub(d->obuf, d->bbuf, d->obuf, n, es, +1);
+    join_planes(d->planes, n, c.es, d->obuf);
+    if (c.kind != K_RAW) {
+      if (c.rot) rot_elems(d->bbuf, n, c.es, 1);
+      if (c.kind == K_XOR) xor_into(d->obuf, d->obuf, d->bbuf, n);
+      else add_zz(d->obuf, d->bbuf, d->obuf, n, c.es);
+    }
+    if (c.rot) rot_elems(d->obuf, n, c.es, 0);
     wr_put(&d->w, d->obuf, n);
-    pos += dlen;
   }
   return skel_finish(d);
 }
@@ -912,16 +1076,9 @@ int mopt_payload_info_file(const char *payload_path, mopt_payload_info *info, mo
   close(pfd);
   if (!rc && info) {
     memset(info, 0, sizeof *info);
-    fill_info_hdr(info, raw);
+    fill_info(info, &h);
   }
   return rc;
-}
-
-static int is_little_endian(void) {
-  uint16_t v = 1;
-  uint8_t b;
-  memcpy(&b, &v, 1);
-  return b == 1;
 }
 
 int mopt_payload_apply_file(const char *base_path, const char *payload_path, const char *out_path,
@@ -932,7 +1089,8 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   memset(&d, 0, sizeof d);
   d.diag = diag;
   d.pfd = d.bfd = d.w.fd = -1;
-  hash_job bj = {0};
+  hash_job bj;
+  memset(&bj, 0, sizeof bj);
   uint64_t psize, bsize = 0;
   hdr h;
   uint8_t raw[HDR_SIZE];
@@ -961,11 +1119,12 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
                          want, (unsigned long long)h.bsize, (unsigned long long)bsize);
       goto out;
     }
+    /* the base is hashed in a second thread while this one checks the payload */
     bj.fd = d.bfd; bj.len = bsize;
     if (pthread_create(&bj.th, NULL, hash_job_run, &bj) == 0) bj.started = 1;
     else hash_job_run(&bj);
   }
-  /* payload SHA-256: body, then the hashed header fields */
+  d.bsize = bsize;
   tmpbuf = malloc(IO_BUF);
   if (!tmpbuf) { rc = MOPT_ENOMEM; goto out; }
   {
@@ -980,6 +1139,9 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
       goto out;
     }
   }
+  d.rbuf = malloc(RD_BUF);
+  if (!d.rbuf) { rc = MOPT_ENOMEM; goto out; }
+  if ((rc = check_records(d.pfd, &h, bsize, d.rbuf, diag))) goto out;
   if (bj.started) { pthread_join(bj.th, NULL); bj.started = 0; }
   if (h.kind == MOPT_PAYLOAD_DELTA) {
     if (bj.rc) { rc = mopt_diag_set(diag, bj.rc, base_path, "read error"); goto out; }
@@ -992,24 +1154,26 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
       goto out;
     }
   }
-  if ((rc = check_records(d.pfd, &h, bsize, diag))) goto out;
 
-  /* prefix (the base skeleton ranges) */
+  /* prefix: the base skeleton ranges listed in the prefix table */
   size_t plen = 0;
   if (h.npre) {
     prefix = malloc(PREFIX_MAX);
     if (!prefix) { rc = MOPT_ENOMEM; goto out; }
+    rdr pr = {d.pfd, HDR_SIZE + h.rec_len, HDR_SIZE + h.rec_len + h.pre_len, 0, 0, d.rbuf, 0};
+    uint64_t pend = 0;
     for (uint64_t i = 0; i < h.npre; i++) {
-      uint8_t pe[16];
-      if (pread_full(d.pfd, pe, 16, h.pre_off + 16 * i)) { rc = mopt_diag_set(diag, MOPT_EIO, "payload", "read error"); goto out; }
-      uint64_t o = get64(pe), l = get64(pe + 8);
-      if (o > bsize || l > bsize - o || l > PREFIX_MAX - plen || !l) {
-        rc = BAD("prefix table", "entry %llu is outside the base or over the 8 MiB limit", (unsigned long long)i);
+      uint64_t gap, l;
+      if (rd_varint(&pr, &gap) || rd_varint(&pr, &l) || gap > bsize - pend || l == 0 ||
+          l > bsize - pend - gap || l > PREFIX_MAX - plen) {
+        rc = BAD("prefix table", "entry %llu is malformed, outside the base or over 8 MiB", (unsigned long long)i);
         goto out;
       }
-      if (pread_full(d.bfd, prefix + plen, (size_t)l, o)) { rc = mopt_diag_set(diag, MOPT_EIO, base_path, "read error"); goto out; }
+      if (pread_full(d.bfd, prefix + plen, (size_t)l, pend + gap)) { rc = mopt_diag_set(diag, MOPT_EIO, base_path, "read error"); goto out; }
       plen += (size_t)l;
+      pend += gap + l;
     }
+    if (pr.pos != pr.end) { rc = BAD("prefix table", "trailing bytes in the prefix table"); goto out; }
   }
   /* decoder state */
   d.dc = ZSTD_createDCtx();
@@ -1023,9 +1187,10 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   tmpbuf = NULL;
   if (!d.dc || !d.ds || !d.inbuf || !d.cbuf || !d.planes || !d.obuf || !d.bbuf) { rc = MOPT_ENOMEM; goto out; }
   ZSTD_DCtx_setParameter(d.ds, ZSTD_d_windowLogMax, SKEL_WLOG);
-  ZSTD_DCtx_setParameter(d.dc, ZSTD_d_windowLogMax, 23);
+  ZSTD_DCtx_setParameter(d.dc, ZSTD_d_format, ZSTD_f_zstd1_magicless);
   if (plen) ZSTD_DCtx_refPrefix(d.ds, prefix, plen);
-  d.sk_pos = h.sk_off;
+  d.sk_pos = HDR_SIZE + h.rec_len + h.pre_len;
+  d.sk_end = d.sk_pos + h.sk_clen;
 
   int ofd = temp_open(out_path, &tmp, diag);
   if (ofd < 0) { rc = ofd; goto out; }
@@ -1047,7 +1212,7 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   rc = temp_commit(ofd, tmp, out_path, diag);
   if (!rc && info) {
     memset(info, 0, sizeof *info);
-    fill_info_hdr(info, raw);
+    fill_info(info, &h);
   }
 out:
   if (bj.started) pthread_join(bj.th, NULL);
@@ -1056,7 +1221,7 @@ out:
   if (d.pfd >= 0) close(d.pfd);
   if (d.bfd >= 0) close(d.bfd);
   free(prefix); free(tmpbuf);
-  free(d.inbuf); free(d.cbuf); free(d.planes); free(d.obuf); free(d.bbuf); free(d.w.buf);
+  free(d.inbuf); free(d.cbuf); free(d.planes); free(d.obuf); free(d.bbuf); free(d.w.buf); free(d.rbuf);
   ZSTD_freeDCtx(d.dc);
   ZSTD_freeDStream(d.ds);
   return rc;

@@ -9,53 +9,53 @@
  * make, never bigger); decoding is always one cheap path.
  *
  * ============================== payload format, version 1 ==============================
- * All integers little-endian. Byte offsets are from the start of the payload file.
+ * Fixed-width integers are little-endian. varint = unsigned LEB128 (7 bits per byte, low
+ * group first, at most 10 bytes); zigzag(x) = (x << 1) ^ (x >> 63) for signed values.
  *
- * Header (208 bytes):
+ * Header (168 bytes):
  *   0    8  magic "MOPTPAY\n" (4d 4f 50 54 50 41 59 0a)
- *   8    4  u32 version = 1
- *   12   4  u32 kind: 1 = full (no base), 2 = delta (needs the base)
- *   16   8  u64 payload_size: total bytes of this file
- *   24   8  u64 target_size
- *   32  32  target SHA-256 (raw bytes)
- *   64   8  u64 base_size (0 for full)
- *   72  32  base SHA-256 (all zero for full)
- *   104  8  u64 records_off (= 208)
- *   112  8  u64 records_len
- *   120  8  u64 n_records
- *   128  8  u64 prefix_off (= records_off + records_len)
- *   136  8  u64 n_prefix: entries of the prefix table (0 for full)
- *   144  8  u64 skeleton_off (= prefix_off + 16 * n_prefix)
- *   152  8  u64 skeleton_comp_len (skeleton_off + skeleton_comp_len = payload_size)
- *   160  8  u64 skeleton_len: decompressed bytes of the skeleton stream
- *   168  4  u32 flags = 0
- *   172  4  u32 reserved = 0
- *   176 32  payload SHA-256 = SHA-256(bytes [208, payload_size) || bytes [0, 176))
+ *   8    1  u8 version = 1
+ *   9    1  u8 kind: 1 = full (no base), 2 = delta (needs the base)
+ *   10   2  u16 flags = 0
+ *   12   4  u32 n_prefix: entries of the prefix table (0 for full)
+ *   16   8  u64 target_size
+ *   24   8  u64 base_size (0 for full)
+ *   32   8  u64 records_len: bytes of the records section
+ *   40   8  u64 n_records
+ *   48   8  u64 prefix_len: bytes of the prefix table
+ *   56   8  u64 skeleton_comp_len: bytes of the skeleton frame
+ *   64   8  u64 skeleton_len: decompressed bytes of the skeleton stream
+ *   72  32  target SHA-256 (raw bytes)
+ *   104 32  base SHA-256 (all zero for full)
+ *   136 32  payload SHA-256 = SHA-256(bytes [168, end) || bytes [0, 136))
  *           (body first, then the header fields, so a writer can hash while streaming)
- * Sections tile the file exactly: header | records | prefix table | skeleton frame.
+ * Then, tiling the file exactly: records | prefix table | skeleton frame
+ * (payload size = 168 + records_len + prefix_len + skeleton_comp_len).
  *
- * Record (32-byte header + data_len bytes of data), in target order:
- *   0  u8  type: 1 = GAP, 2 = CHUNK
- *   1  u8  mode (CHUNK): 0 SAME, 1 RAW, 2 XOR, 3 SUB; 0 for GAP
- *   2  u8  elem_size (CHUNK): 1, 2, 4 or 8; 0 for GAP
- *   3  u8  0;  4 u32 0 (reserved, must be zero)
- *   8  u64 out_len: target bytes this record produces (CHUNK: 1..4 MiB, multiple of elem_size)
- *   16 u64 base_off: base range [base_off, base_off + out_len) for SAME/XOR/SUB; all ones for
- *          GAP and RAW
- *   24 u64 data_len: 0 for GAP and SAME; else 4 * elem_size + the sum of the frame sizes
- *   GAP   — the next out_len bytes of the skeleton stream (the target's non-tensor bytes).
- *   CHUNK — a piece of one tensor's raw_data. Data: elem_size u32 frame sizes, then elem_size
- *           zstd frames; frame p holds byte p (little-endian significance) of every element
- *           ("byte planes": exponents, high and low mantissa bytes compress apart). Decoded
- *           planes interleave back to D; the chunk is then
- *             RAW: D;  SAME: base bytes (no data);  XOR: base ^ D (bitwise, floats);
- *             SUB: base + D as elem_size-byte little-endian integers modulo 2^(8*elem_size).
- * Prefix table: n_prefix × {u64 base_off, u64 len}; the concatenation of these base ranges
- *   (≤ 8 MiB, the base's own skeleton) is the zstd prefix (raw-content dictionary) of the
- *   skeleton frame, so structure shared with the base costs almost nothing.
- * Skeleton: one zstd frame (window ≤ 8 MiB, content size and checksum present) whose output
- *   is consumed by the GAP records in order; it must end exactly with the last GAP.
- * Every zstd frame carries its content checksum.
+ * Record, in target order:
+ *   u8 op: bits 0-2 kind (0 GAP, 1 SAME, 2 RAW, 3 XOR, 4 SUB), bits 3-4 log2(elem_size)
+ *          (elem_size 1, 2, 4, 8), bit 5 ROT, bits 6-7 zero. GAP has elem bits and ROT zero;
+ *          ROT needs elem_size ≥ 2.
+ *   varint out_len: target bytes produced (chunks: 1 byte .. 4 MiB, multiple of elem_size)
+ *   SAME/XOR/SUB: zigzag varint (base_off − expected), expected = end of the base range of the
+ *          previous record that used one (0 at first); base range [base_off, base_off+out_len)
+ *   RAW/XOR/SUB: elem_size × varint (size << 1 | stored), then elem_size plane payloads: stored
+ *          = the out_len/elem_size plane bytes verbatim, else one magicless zstd frame (format
+ *          ZSTD_f_zstd1_magicless, content size present, no checksum) of that size.
+ *   GAP  — the next out_len bytes of the skeleton stream (the target's non-tensor bytes).
+ *   Chunks are pieces of one tensor's raw_data. Plane p holds byte p (little-endian
+ *   significance) of every element ("byte planes": exponents, high and low mantissa bytes
+ *   compress apart); the planes interleave back to D. With ROT every element e (an elem_size
+ *   byte little-endian integer, base elements too) is seen as rotl(e, 1), which moves a float's
+ *   sign to bit 0 so its exponent fills one plane; the output is rotated back. Then
+ *     RAW: D;  SAME: base bytes;  XOR: base ^ D;
+ *     SUB: base + unzigzag(D) as elem_size-byte integers modulo 2^(8*elem_size).
+ * Prefix table: n_prefix × (varint gap, varint len); the entries are base ranges in increasing
+ *   order, each starting gap bytes after the previous one's end (the first: after byte 0). Their
+ *   concatenation (≤ 8 MiB, the base's own skeleton) is the zstd prefix (raw-content dictionary)
+ *   of the skeleton frame, so structure shared with the base costs almost nothing.
+ * Skeleton: one standard zstd frame (window ≤ 8 MiB, content size and checksum present) whose
+ *   output is consumed by the GAP records in order; it must end exactly with the last GAP.
  *
  * Validation before any output byte is written: header fields and tiling, payload SHA-256,
  * base size and SHA-256 (a wrong base is refused naming the digest it needs), every record
@@ -67,7 +67,7 @@
  * Encoders: tensors are found with mopt_model_scan_file_tensors (raw_data ≥ 64 bytes); a file
  * that does not scan as ONNX is packed as opaque bytes (all skeleton). `delta` matches target
  * tensors to base tensors by (location, name, occurrence) with equal dtype, dims and size, and
- * per 1 MiB chunk picks the smallest of SAME / RAW / XOR / SUB (SUB for integer dtypes). The
+ * per 1 MiB chunk picks the smallest of SAME / RAW / XOR / SUB (ROT on for float dtypes). The
  * skeleton is compressed with and without the base prefix and the smaller kept, so a delta is
  * never larger than the full payload of the same target with the same options.
  * =========================================================================================
