@@ -514,7 +514,7 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
     rlim_t reserve = 64 + (rlim_t)cfg->workers * 8 + (rlim_t)cfg->threads * 8;
     rlim_t avail = rl.rlim_cur > reserve * 2 ? rl.rlim_cur - reserve : rl.rlim_cur / 2;
     if (conn_limit > avail) {
-      srv_log_msg(SRV_LOG_WARN, "config",
+      srv_log_msg(cfg->conn_limit == 20000 ? SRV_LOG_INFO : SRV_LOG_WARN, "config",
                   "conn_limit %u lowered to %llu to fit the open-files limit %llu", conn_limit,
                   (unsigned long long)avail, (unsigned long long)rl.rlim_cur);
       conn_limit = (unsigned)avail;

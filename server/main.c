@@ -45,6 +45,7 @@ static void raise_nofile(void) {
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], SRV_EXEC_WORKER_FLAG) == 0) return srv_exec_worker(argc, argv);
   srv_config cfg;
   char err[1024] = "";
   long nc = sysconf(_SC_NPROCESSORS_ONLN);
@@ -129,7 +130,7 @@ int main(int argc, char **argv) {
   if (e != 0) {
     srv_log_msg(SRV_LOG_ERROR, "startup", "%s", err);
     fprintf(stderr, "moptd: %s\n", err);
-    srv_sched_stop(g_sched);
+    srv_sched_destroy(g_sched);
     store_close(st);
     return 1;
   }
@@ -171,12 +172,13 @@ int main(int argc, char **argv) {
   srv_log_msg(SRV_LOG_INFO, "shutdown", "received %s: draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
   atomic_store(&ready, 0);
   srv_http_quiesce(http);
+  srv_sched_stop(g_sched);   /* workers stop now; their jobs go back to the queue */
   int64_t left = srv_http_drain(http, (int64_t)cfg.drain_timeout_s * 1000);
   if (left > 0)
     srv_log_msg(SRV_LOG_WARN, "shutdown", "%lld request(s) still in flight after %u s; closing",
                 (long long)left, cfg.drain_timeout_s);
   srv_http_stop(http);
-  srv_sched_stop(g_sched);
+  srv_sched_destroy(g_sched);
   g_sched = NULL;
   store_close(st);
   api_auth_destroy(auth);

@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -83,6 +84,8 @@ struct srv_sched {
   unsigned n_running;
   unsigned ticks;
   char mopt[PATH_MAX];
+  char self_exe[PATH_MAX];   /* moptd itself, the exec helper (srv_exec_worker) */
+  char self_pid[24];
 };
 
 static void pump(srv_sched *s);
@@ -332,6 +335,10 @@ static void fail_reason(worker *w) {
     } else {
       set_error(w, w->ev_code, w->ev_msg, w->ev_where);
     }
+  } else if (w->exit_status == 127) {
+    snprintf(msg, sizeof msg, "cannot execute the worker binary '%.600s' (exit status 127)",
+             w->s->mopt);
+    set_error(w, "worker_failed", msg, NULL);
   } else {
     snprintf(msg, sizeof msg, "worker exited with status %lld without reporting an error",
              (long long)w->exit_status);
@@ -494,9 +501,18 @@ static void spawn(srv_sched *s, store_job *j) {
   char mem[24], cpu[24];
   snprintf(mem, sizeof mem, "%u", s->cfg->job_memory_mb);
   snprintf(cpu, sizeof cpu, "%u", s->cfg->job_timeout_s);
-  char *args[] = {s->mopt, "worker", "--input", w->in_path, "--spec", w->spec_path,
-                  "--output", w->out_path, "--report", w->report_path, "--max-memory-mb", mem,
-                  "--max-cpu-s", cpu, NULL};
+  if (access(s->mopt, X_OK) != 0) {
+    snprintf(msg, sizeof msg, "cannot start the worker '%s': %s", s->mopt, strerror(errno));
+    unlink(w->spec_path);
+    fail_claimed(s, j->id, "worker_failed", msg);
+    free(w);
+    return;
+  }
+  /* Started through moptd's own exec helper so the worker dies with the daemon, even on
+   * kill -9 (PR_SET_PDEATHSIG); see srv_exec_worker. */
+  char *args[] = {s->self_exe, SRV_EXEC_WORKER_FLAG, s->self_pid, s->mopt, "worker", "--input",
+                  w->in_path, "--spec", w->spec_path, "--output", w->out_path, "--report",
+                  w->report_path, "--max-memory-mb", mem, "--max-cpu-s", cpu, NULL};
   uv_pipe_init(&s->loop, &w->out, 0);
   uv_pipe_init(&s->loop, &w->err, 0);
   w->out.data = w->err.data = w->proc.data = w->timer.data = w;
@@ -509,7 +525,7 @@ static void spawn(srv_sched *s, store_job *j) {
   uv_process_options_t opt;
   memset(&opt, 0, sizeof opt);
   opt.exit_cb = on_exit_cb;
-  opt.file = s->mopt;
+  opt.file = s->self_exe;
   opt.args = args;
   opt.stdio_count = 3;
   opt.stdio = stdio;
@@ -663,6 +679,13 @@ int srv_sched_start(const srv_config *cfg, api_ctx *ctx, srv_sched **out) {
   s->cfg = cfg;
   s->ctx = ctx;
   resolve_mopt(cfg, s->mopt, sizeof s->mopt);
+  ssize_t sl = readlink("/proc/self/exe", s->self_exe, sizeof s->self_exe - 1);
+  if (sl <= 0) {
+    free(s);
+    return MOPT_EINTERNAL;
+  }
+  s->self_exe[sl] = 0;
+  snprintf(s->self_pid, sizeof s->self_pid, "%ld", (long)getpid());
   pthread_mutex_init(&s->mu, NULL);
   if (uv_loop_init(&s->loop) != 0) {
     free(s);
@@ -722,12 +745,34 @@ void srv_sched_cancel(srv_sched *s, const char *job_id) {
 void srv_sched_stop(srv_sched *s) {
   if (!s) return;
   pthread_mutex_lock(&s->mu);
+  int already = s->stop_requested;
   s->stop_requested = 1;
   if (!s->closed) uv_async_send(&s->async);
   pthread_mutex_unlock(&s->mu);
+  if (already) return;
   uv_thread_join(&s->thread);
   uv_loop_close(&s->loop);
+}
+
+void srv_sched_destroy(srv_sched *s) {
+  if (!s) return;
+  srv_sched_stop(s);
   pthread_mutex_destroy(&s->mu);
   free(s->cancels);
   free(s);
+}
+
+int srv_exec_worker(int argc, char **argv) {
+  if (argc < 4) return 2;
+  /* Die with the daemon: the kernel sends SIGKILL when the spawning thread (the scheduler's
+   * loop thread) goes away, which on kill -9 of moptd is at once. Survives execv. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+    fprintf(stderr, "moptd exec helper: prctl(PR_SET_PDEATHSIG): %s\n", strerror(errno));
+    return 3;
+  }
+  /* The daemon may have died before prctl took effect. */
+  if ((long)getppid() != atol(argv[2])) return 3;
+  execv(argv[3], argv + 3);
+  fprintf(stderr, "moptd exec helper: cannot execute '%s': %s\n", argv[3], strerror(errno));
+  return 127;
 }

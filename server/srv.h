@@ -156,8 +156,18 @@ int srv_sched_start(const srv_config *cfg, api_ctx *ctx, srv_sched **out);
 void srv_sched_submitted(srv_sched *s);
 void srv_sched_cancel(srv_sched *s, const char *job_id);
 /* Stops claiming, SIGTERMs running workers and re-queues their jobs, waits for the loop thread
- * to finish (at most about 5 s), frees s. NULL is a no-op. */
+ * to finish (about 2 s at most plus recording outcomes). Afterwards the wake-up calls above are
+ * harmless no-ops, so HTTP requests still in flight may keep calling them. Call once, from one
+ * thread. NULL is a no-op. */
 void srv_sched_stop(srv_sched *s);
+/* srv_sched_stop if not done yet, then frees s. NULL is a no-op. */
+void srv_sched_destroy(srv_sched *s);
+/* The exec helper: `moptd --exec-worker <daemon-pid> <binary> args…` sets PR_SET_PDEATHSIG
+ * (SIGKILL) and execs binary, so workers never outlive a kill -9'd daemon (libuv has no
+ * pre-exec hook). main() calls this when argv[1] is the flag. Returns only on failure: 3 when
+ * the daemon is already gone, 127 when binary cannot be executed. */
+#define SRV_EXEC_WORKER_FLAG "--exec-worker"
+int srv_exec_worker(int argc, char **argv);
 
 /* -------------------------------------------------------------------- http ---- */
 typedef struct srv_http srv_http;
