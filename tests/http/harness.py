@@ -289,14 +289,24 @@ class Daemon:
                 conn.putheader(k, v)
             conn.endheaders()
             if body is not None:
-                if hasattr(body, "read"):
-                    while True:
-                        chunk = body.read(256 * 1024)
-                        if not chunk:
-                            break
-                        conn.send(chunk)
-                else:
-                    conn.send(body)
+                try:
+                    if hasattr(body, "read"):
+                        while True:
+                            chunk = body.read(256 * 1024)
+                            if not chunk:
+                                break
+                            conn.send(chunk)
+                    else:
+                        conn.send(body)
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    # the server may answer early (401, 413, ...) and close before the whole
+                    # body is sent: read that answer if it is there
+                    try:
+                        resp = conn.getresponse()
+                        data = resp.read()
+                        return Response(resp.status, resp.reason, resp.headers, data, time.time() - t0)
+                    except Exception:
+                        raise e
             resp = conn.getresponse()
             data = resp.read()
             return Response(resp.status, resp.reason, resp.headers, data, time.time() - t0)

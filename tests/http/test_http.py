@@ -135,8 +135,14 @@ def test_many_concurrent_clients():
 def test_per_ip_connection_limit():
     d = Daemon(args=["--per-ip-limit", "4"], name="moptd-perip").start()
     try:
-        socks = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(4)]
-        time.sleep(0.2)
+        socks = []
+        for _ in range(4):   # four kept-alive connections, each proven accepted by an answer
+            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5)
+            c.request("GET", "/healthz")
+            r = c.getresponse()
+            r.read()
+            eq(r.status, 200, "connection %d of 4" % (len(socks) + 1))
+            socks.append(c)
         # a fifth connection from the same address is refused or closed without an answer
         s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
         try:
