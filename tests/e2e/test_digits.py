@@ -22,17 +22,21 @@ import e2e_common as E  # noqa: E402
 
 MEASURE = os.environ.get("MOPT_E2E_MEASURE") == "1"
 
-# name, passes, max accuracy drop in points, max output size ratio
+# name, passes, max accuracy drop in points, max output size ratio. Measured on mopt 0.1.0
+# (drop in points / size ratio): int8 0.00/0.267, int4 block 32 -0.22/0.310, 2:4 0.67/1.0,
+# 50% unstructured 2.67/1.0, 16 clusters -0.22/0.261, fp16 0.00/0.506, chain 2.67/0.259.
+# The model is opset 13, where 4-bit values and LUT indices sit in 8-bit containers (packing
+# needs opset 21, see test_optimize.py), hence the int4 and cluster size bounds.
 SPECS = [
-    ("int8 per-channel", [{"op": "quantize", "dtype": "int8", "granularity": "per_channel"}], 1.0, 0.30),
-    ("int4 block 32", [{"op": "quantize", "dtype": "int4", "granularity": "block", "block_size": 32}], 2.0, 0.20),
-    ("2:4 pruning", [{"op": "prune", "sparsity": 0.5, "pattern": "2:4"}], 3.0, 1.02),
+    ("int8 per-channel", [{"op": "quantize", "dtype": "int8", "granularity": "per_channel"}], 1.0, 0.29),
+    ("int4 block 32", [{"op": "quantize", "dtype": "int4", "granularity": "block", "block_size": 32}], 1.0, 0.33),
+    ("2:4 pruning", [{"op": "prune", "sparsity": 0.5, "pattern": "2:4"}], 2.0, 1.02),
     ("50% unstructured pruning", [{"op": "prune", "sparsity": 0.5, "pattern": "unstructured"}], 4.0, 1.02),
-    ("16 clusters (lut)", [{"op": "cluster", "clusters": 16, "encoding": "lut"}], 2.0, 0.20),
-    ("fp16", [{"op": "fp16"}], 0.25, 0.55),
+    ("16 clusters (lut)", [{"op": "cluster", "clusters": 16, "encoding": "lut"}], 1.0, 0.28),
+    ("fp16", [{"op": "fp16"}], 0.25, 0.52),
     ("prune 50% + 16 clusters + int8", [{"op": "prune", "sparsity": 0.5, "pattern": "unstructured"},
                                         {"op": "cluster", "clusters": 16, "encoding": "lut"},
-                                        {"op": "quantize", "dtype": "int8", "granularity": "per_tensor"}], 5.0, 0.30),
+                                        {"op": "quantize", "dtype": "int8", "granularity": "per_tensor"}], 4.0, 0.28),
 ]
 
 
