@@ -17,16 +17,15 @@
 
 void mopt_km_data_free(mopt_km_data *d) {
   free(d->v);
-  free(d->c0);
-  free(d->c1);
-  free(d->c2);
+  free(d->b1);
+  free(d->b2);
   memset(d, 0, sizeof *d);
 }
 
 int mopt_km_data_init(mopt_km_data *d, const float *x, size_t n, size_t stride, int skip_zeros) {
   memset(d, 0, sizeof *d);
-  float *a = malloc((n ? n : 1) * sizeof *a), *t = malloc((n ? n : 1) * sizeof *t);
-  if (!a || !t) { free(a); free(t); return MOPT_ENOMEM; }
+  float *a = malloc((n ? n : 1) * sizeof *a);
+  if (!a) return MOPT_ENOMEM;
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
     float v = x[i * stride];
@@ -34,38 +33,58 @@ int mopt_km_data_init(mopt_km_data *d, const float *x, size_t n, size_t stride, 
     if (skip_zeros && v == 0.0f) continue;
     a[m++] = v == 0.0f ? 0.0f : v;
   }
+  float *t = malloc((m ? m : 1) * sizeof *t);
+  if (!t) { free(a); return MOPT_ENOMEM; }
   mopt_sort_floats(a, m, t);
   free(t);
+  size_t nb = m / MOPT_KM_BLOCK + 1;
+  d->b1 = malloc(nb * sizeof *d->b1);
+  d->b2 = malloc(nb * sizeof *d->b2);
+  if (!d->b1 || !d->b2) { free(a); mopt_km_data_free(d); return MOPT_ENOMEM; }
+  double s1 = 0.0, s2 = 0.0;
   size_t u = 0;
-  for (size_t i = 0; i < m; i++) u += (i == 0 || a[i] != a[i - 1]);
-  d->v = malloc((u ? u : 1) * sizeof *d->v);
-  d->c0 = malloc((u + 1) * sizeof(double));
-  d->c1 = malloc((u + 1) * sizeof(double));
-  d->c2 = malloc((u + 1) * sizeof(double));
-  if (!d->v || !d->c0 || !d->c1 || !d->c2) { free(a); mopt_km_data_free(d); return MOPT_ENOMEM; }
-  d->c0[0] = d->c1[0] = d->c2[0] = 0.0;
-  size_t j = 0;
-  for (size_t i = 0; i < m;) {
-    size_t e = i;
-    while (e < m && a[e] == a[i]) e++;
-    double c = (double)(e - i), v = a[i];
-    d->v[j] = a[i];
-    d->c0[j + 1] = d->c0[j] + c;
-    d->c1[j + 1] = d->c1[j] + c * v;
-    d->c2[j + 1] = d->c2[j] + c * v * v;
-    j++;
-    i = e;
+  for (size_t i = 0; i < m; i++) {
+    if (i % MOPT_KM_BLOCK == 0) { d->b1[i / MOPT_KM_BLOCK] = s1; d->b2[i / MOPT_KM_BLOCK] = s2; }
+    double v = a[i];
+    s1 += v;
+    s2 += v * v;
+    u += (i == 0 || a[i] != a[i - 1]);
   }
-  d->n = u;
-  d->total = m;
-  free(a);
+  if (m % MOPT_KM_BLOCK == 0) { d->b1[m / MOPT_KM_BLOCK] = s1; d->b2[m / MOPT_KM_BLOCK] = s2; }
+  d->v = a;
+  d->n = m;
+  d->distinct = u;
   return 0;
 }
 
-/* Squared-distance cost of distinct values [lo, hi) to centre c. */
+/* Prefix sums of v and v*v over [0, i). */
+static void prefix(const mopt_km_data *d, size_t i, double *p1, double *p2) {
+  size_t b = i / MOPT_KM_BLOCK;
+  double a1 = d->b1[b], a2 = d->b2[b];
+  for (size_t j = b * MOPT_KM_BLOCK; j < i; j++) {
+    double v = d->v[j];
+    a1 += v;
+    a2 += v * v;
+  }
+  *p1 = a1;
+  *p2 = a2;
+}
+
+/* Sum of v over [lo, hi). */
+static double seg_sum(const mopt_km_data *d, size_t lo, size_t hi) {
+  double a1, a2, b1, b2;
+  prefix(d, lo, &a1, &a2);
+  prefix(d, hi, &b1, &b2);
+  return b1 - a1;
+}
+
+/* Squared-distance cost of values [lo, hi) to centre c. */
 static double seg_cost(const mopt_km_data *d, size_t lo, size_t hi, double c) {
   if (hi <= lo) return 0.0;
-  double s0 = d->c0[hi] - d->c0[lo], s1 = d->c1[hi] - d->c1[lo], s2 = d->c2[hi] - d->c2[lo];
+  double a1, a2, b1, b2;
+  prefix(d, lo, &a1, &a2);
+  prefix(d, hi, &b1, &b2);
+  double s0 = (double)(hi - lo), s1 = b1 - a1, s2 = b2 - a2;
   double r = s2 - 2.0 * c * s1 + c * c * s0;
   return r > 0.0 ? r : 0.0;
 }
@@ -98,17 +117,14 @@ static double potential(const mopt_km_data *d, const float *cent, size_t k, size
   return p;
 }
 
-/* Element rank (0..total) → distinct index holding it. */
+/* Element rank (a position in [0, n), fractional allowed) → index. */
 static size_t index_of_rank(const mopt_km_data *d, double r) {
-  size_t lo = 0, hi = d->n;                  /* first j with c0[j + 1] > r */
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (d->c0[mid + 1] <= r) lo = mid + 1; else hi = mid;
-  }
-  return lo < d->n ? lo : d->n - 1;
+  if (!(r > 0.0)) return 0;
+  size_t i = (size_t)r;
+  return i < d->n ? i : d->n - 1;
 }
 
-/* D^2 sample: the distinct index where the cumulative cost passes target. */
+/* D^2 sample: the index where the cumulative cost passes target. */
 static size_t sample_d2(const mopt_km_data *d, const float *cent, size_t k, const size_t *b,
                         double target) {
   double cum = 0.0;
@@ -175,9 +191,11 @@ static int fill_kmeanspp(const mopt_km_data *d, size_t k, uint64_t *rng, float *
 size_t mopt_km_init_centroids(const mopt_km_data *d, size_t k, mopt_km_init init, uint64_t seed,
                               float *cent) {
   if (d->n == 0 || k == 0) return 0;
-  if (d->n <= k) {
-    memcpy(cent, d->v, d->n * sizeof *cent);
-    return d->n;
+  if (d->distinct <= k) {
+    size_t m = 0;
+    for (size_t i = 0; i < d->n; i++)
+      if (i == 0 || d->v[i] != d->v[i - 1]) cent[m++] = d->v[i];
+    return m;
   }
   uint64_t rng = seed ^ 0x6d6f70742d6b6dull;
   size_t m = 0;
@@ -192,20 +210,20 @@ size_t mopt_km_init_centroids(const mopt_km_data *d, size_t k, mopt_km_init init
   }
   case MOPT_KM_DENSITY:
     for (size_t j = 0; j < k; j++) {
-      double r = ((double)j + 0.5) * (double)d->total / (double)k;
+      double r = ((double)j + 0.5) * (double)d->n / (double)k;
       float v = d->v[index_of_rank(d, r)];
       if (!has_value(cent, m, v)) insert_sorted(cent, &m, v);
     }
     break;
   case MOPT_KM_RANDOM:
     for (size_t tries = 0; m < k && tries < 8 * k; tries++) {
-      float v = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->total)];
+      float v = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->n)];
       if (!has_value(cent, m, v)) insert_sorted(cent, &m, v);
     }
     break;
   case MOPT_KM_KMEANSPP:
   default:
-    cent[m++] = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->total)];
+    cent[m++] = d->v[index_of_rank(d, mopt_rng_unit(&rng) * (double)d->n)];
     break;
   }
   if (m < k && fill_kmeanspp(d, k, &rng, cent, &m) != 0) return m;
@@ -226,8 +244,8 @@ double mopt_kmeans_fit(const mopt_km_data *d, float *cent, size_t k, int max_ite
     if (it > 0 && memcmp(b, pb, (k + 1) * sizeof *b) == 0) break;
     int sorted = 1;
     for (size_t j = 0; j < k; j++) {
-      double s0 = d->c0[b[j + 1]] - d->c0[b[j]];
-      if (s0 > 0) cent[j] = (float)((d->c1[b[j + 1]] - d->c1[b[j]]) / s0);
+      double s0 = (double)(b[j + 1] - b[j]);
+      if (s0 > 0) cent[j] = (float)(seg_sum(d, b[j], b[j + 1]) / s0);
       if (j > 0 && cent[j] < cent[j - 1]) sorted = 0;
     }
     if (!sorted) qsort(cent, k, sizeof *cent, cmp_float);
@@ -260,6 +278,26 @@ uint8_t mopt_km_assign1(const float *cent, size_t k, float x) {
   if (lo > 0 && fabs((double)x - cent[lo - 1]) <= fabs((double)x - cent[lo])) lo--;
   while (lo > 0 && cent[lo - 1] == cent[lo]) lo--;
   return (uint8_t)lo;
+}
+
+void mopt_km_assign_many(const float *cent, size_t k, const float *x, size_t n, size_t stride,
+                         uint8_t *idx) {
+  /* mids[j] between cent[j] and cent[j+1]; x goes right of mid j iff x > mids[j]; padded to a
+   * power of two with +inf so the search is a fixed number of branch-free steps */
+  double mids[256];
+  size_t p2 = 1;
+  while (p2 < k) p2 <<= 1;
+  for (size_t j = 0; j < p2; j++)
+    mids[j] = j + 1 < k ? ((double)cent[j] + (double)cent[j + 1]) * 0.5 : INFINITY;
+  for (size_t i = 0; i < n; i++) {
+    double v = x[i * stride];
+    size_t pos = 0;                           /* count of mids < v, by halving */
+    for (size_t h = p2 >> 1; h > 0; h >>= 1) pos += (mids[pos + h - 1] < v) ? h : 0;
+    if (pos + 1 < p2 && mids[pos] < v) pos++;
+    if (pos >= k) pos = k - 1;
+    while (pos > 0 && cent[pos - 1] == cent[pos]) pos--;
+    idx[i * stride] = (uint8_t)pos;
+  }
 }
 
 double mopt_kmeans_fit_ref(const float *x, size_t n, float *cent, size_t k, int max_iter) {
@@ -315,16 +353,15 @@ int mopt_cluster_values(const float *x, size_t n, size_t stride, int32_t k, mopt
     zpos = p;
   }
   for (size_t j = nt; j < (size_t)k; j++) table[j] = table[nt - 1];
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i * stride];
-    uint8_t a;
-    if (zpos != (size_t)-1 && (v == 0.0f || m == 0)) a = (uint8_t)zpos;
-    else if (v != v) a = 0;
-    else if (zpos != (size_t)-1) {            /* non-zeros choose among the non-zero centres */
-      a = mopt_km_assign1(cent, m, v);
-      if (a >= zpos) a++;
-    } else a = mopt_km_assign1(table, nt, v);
-    idx[i * stride] = a;
+  if (zpos == (size_t)-1) {
+    mopt_km_assign_many(table, nt, x, n, stride, idx);
+  } else {
+    if (m > 0) mopt_km_assign_many(cent, m, x, n, stride, idx);
+    for (size_t i = 0; i < n; i++) {
+      float v = x[i * stride];
+      if (v == 0.0f || m == 0 || v != v) idx[i * stride] = (uint8_t)zpos;
+      else if (idx[i * stride] >= zpos) idx[i * stride]++;   /* non-zeros skip the zero entry */
+    }
   }
   return 0;
 }

@@ -146,17 +146,20 @@ size_t mopt_prune_channels(float *x, mopt_axis_view v, int32_t norm, double spar
 typedef enum { MOPT_KM_KMEANSPP = 0, MOPT_KM_LINEAR = 1, MOPT_KM_DENSITY = 2,
                MOPT_KM_RANDOM = 3 } mopt_km_init;
 
-/* Sorted distinct values with counts and prefix sums (the 1-D k-means working set). */
+/* The 1-D k-means working set: the values sorted ascending (duplicates kept) with prefix sums of
+ * v and v*v stored only at every MOPT_KM_BLOCK-th index (a prefix at any index is a stored one
+ * plus fewer than MOPT_KM_BLOCK additions), so the extra memory is the sorted copy alone. */
+#define MOPT_KM_BLOCK 32
 typedef struct mopt_km_data {
-  size_t n;            /* distinct values */
-  uint64_t total;      /* values counted */
-  float *v;            /* n ascending distinct values */
-  double *c0, *c1, *c2;/* n + 1 prefix sums of count, count*v, count*v*v */
+  size_t n;            /* values */
+  size_t distinct;     /* distinct values among them */
+  float *v;            /* n values, ascending */
+  double *b1, *b2;     /* n / MOPT_KM_BLOCK + 1 block prefix sums of v and v*v */
 } mopt_km_data;
 
 /* Builds the working set from n values at stride `stride` (radix sort of a copy).
- * skip_zeros: 1 ignores values equal to 0.0 (pruned zeros keep their own centroid).
- * Returns 0 or MOPT_ENOMEM. */
+ * skip_zeros: 1 ignores values equal to 0.0 (pruned zeros keep their own centroid); NaN is
+ * ignored. Returns 0 or MOPT_ENOMEM. */
 int mopt_km_data_init(mopt_km_data *d, const float *x, size_t n, size_t stride, int skip_zeros);
 void mopt_km_data_free(mopt_km_data *d);
 
@@ -180,6 +183,10 @@ double mopt_kmeans_fit_ref(const float *x, size_t n, float *cent, size_t k, int 
 
 /* Index of the nearest centroid (tie → lower index) among k ascending centroids, O(log k). */
 uint8_t mopt_km_assign1(const float *cent, size_t k, float x);
+/* The same for n values at stride (idx at the same stride), by a branch-free search over the
+ * midpoints between centroids (computed once). */
+void mopt_km_assign_many(const float *cent, size_t k, const float *x, size_t n, size_t stride,
+                         uint8_t *idx);
 /* Same by a linear scan (reference). */
 uint8_t mopt_km_assign1_ref(const float *cent, size_t k, float x);
 
