@@ -23,6 +23,7 @@
 
 #include "mopt.h"
 #include "payload.h"
+#include "payload_int.h"
 
 #define HDR_SIZE 168u
 #define HDR_HASHED 136u
@@ -91,11 +92,11 @@ static int write_full(int fd, const void *buf, size_t n) {
 }
 
 /* Streams [off, off+len) of fd into a SHA-256 state. */
-static int hash_range(int fd, uint64_t off, uint64_t len, crypto_hash_sha256_state *h, uint8_t *buf) {
+static int hash_range(int fd, uint64_t off, uint64_t len, mopt_sha *h, uint8_t *buf) {
   while (len) {
     size_t n = len < IO_BUF ? (size_t)len : IO_BUF;
     if (pread_full(fd, buf, n, off)) return -1;
-    crypto_hash_sha256_update(h, buf, n);
+    mopt_sha_update(h, buf, n);
     off += n; len -= n;
   }
   return 0;
@@ -108,10 +109,10 @@ typedef struct hash_job {
 static void *hash_job_run(void *arg) {
   hash_job *j = arg;
   uint8_t *buf = malloc(IO_BUF);
-  crypto_hash_sha256_state h;
-  crypto_hash_sha256_init(&h);
+  mopt_sha h;
+  mopt_sha_init(&h, -1);
   j->rc = !buf ? MOPT_ENOMEM : hash_range(j->fd, 0, j->len, &h, buf) ? MOPT_EIO : 0;
-  crypto_hash_sha256_final(&h, j->digest);
+  mopt_sha_final(&h, j->digest);
   free(buf);
   return NULL;
 }
@@ -333,12 +334,12 @@ typedef struct wr {
   uint8_t *buf;
   size_t n;
   uint64_t written;                 /* bytes handed to the writer */
-  crypto_hash_sha256_state h;
+  mopt_sha h;
   int err;
 } wr;
 static void wr_flush(wr *w) {
   if (w->n && !w->err) {
-    crypto_hash_sha256_update(&w->h, w->buf, w->n);
+    mopt_sha_update(&w->h, w->buf, w->n);
     if (write_full(w->fd, w->buf, w->n)) w->err = errno ? errno : EIO;
   }
   w->n = 0;
@@ -592,14 +593,14 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   e.w.buf = malloc(IO_BUF);
   if (!e.gapbuf || !e.w.buf) { rc = MOPT_ENOMEM; goto out; }
   {
-    crypto_hash_sha256_state hs;
-    crypto_hash_sha256_init(&hs);
+    mopt_sha hs;
+    mopt_sha_init(&hs, -1);
     if (hash_range(e.tfd, 0, e.tsize, &hs, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, target_path, "read error"); goto out; }
-    crypto_hash_sha256_final(&hs, h.tsha);
+    mopt_sha_final(&hs, h.tsha);
     if (delta) {
-      crypto_hash_sha256_init(&hs);
+      mopt_sha_init(&hs, -1);
       if (hash_range(e.bfd, 0, e.bsize, &hs, e.gapbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, base_path, "read error"); goto out; }
-      crypto_hash_sha256_final(&hs, h.bsha);
+      mopt_sha_final(&hs, h.bsha);
     }
   }
 
@@ -657,7 +658,7 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   int ofd = temp_open(out_path, &tmp, diag);
   if (ofd < 0) { rc = ofd; goto out; }
   e.w.fd = ofd;
-  crypto_hash_sha256_init(&e.w.h);
+  mopt_sha_init(&e.w.h, -1);
   if (lseek(ofd, HDR_SIZE, SEEK_SET) != (off_t)HDR_SIZE) { rc = mopt_diag_set(diag, MOPT_EIO, out_path, "seek failed"); goto out; }
 
   /* records, front to back */
@@ -721,8 +722,8 @@ static int encode(const char *base_path, const char *target_path, const char *ou
   h.bsize = delta ? e.bsize : 0;
   uint8_t raw[HDR_SIZE];
   hdr_write(&h, raw);
-  crypto_hash_sha256_update(&e.w.h, raw, HDR_HASHED);
-  crypto_hash_sha256_final(&e.w.h, raw + HDR_HASHED);
+  mopt_sha_update(&e.w.h, raw, HDR_HASHED);
+  mopt_sha_final(&e.w.h, raw + HDR_HASHED);
   if (pwrite(ofd, raw, HDR_SIZE, 0) != (ssize_t)HDR_SIZE) {
     rc = mopt_diag_set(diag, MOPT_EIO, out_path, "write error: %s", strerror(errno));
     goto out;
@@ -1128,12 +1129,12 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   tmpbuf = malloc(IO_BUF);
   if (!tmpbuf) { rc = MOPT_ENOMEM; goto out; }
   {
-    crypto_hash_sha256_state hs;
+    mopt_sha hs;
     uint8_t dg[32];
-    crypto_hash_sha256_init(&hs);
+    mopt_sha_init(&hs, -1);
     if (hash_range(d.pfd, HDR_SIZE, psize - HDR_SIZE, &hs, tmpbuf)) { rc = mopt_diag_set(diag, MOPT_EIO, payload_path, "read error"); goto out; }
-    crypto_hash_sha256_update(&hs, raw, HDR_HASHED);
-    crypto_hash_sha256_final(&hs, dg);
+    mopt_sha_update(&hs, raw, HDR_HASHED);
+    mopt_sha_final(&hs, dg);
     if (memcmp(dg, h.psha, 32)) {
       rc = BAD(payload_path, "payload is corrupted: its SHA-256 does not match the one in its header");
       goto out;
@@ -1195,12 +1196,12 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   int ofd = temp_open(out_path, &tmp, diag);
   if (ofd < 0) { rc = ofd; goto out; }
   d.w.fd = ofd;
-  crypto_hash_sha256_init(&d.w.h);
+  mopt_sha_init(&d.w.h, -1);
   if ((rc = decode_records(&d))) goto out;
   wr_flush(&d.w);
   if (d.w.err) { rc = mopt_diag_set(diag, MOPT_EIO, out_path, "write error: %s", strerror(d.w.err)); goto out; }
   uint8_t odg[32];
-  crypto_hash_sha256_final(&d.w.h, odg);
+  mopt_sha_final(&d.w.h, odg);
   if (d.w.written != h.tsize || memcmp(odg, h.tsha, 32)) {
     char a[65], b[65];
     hex32(h.tsha, a); hex32(odg, b);

@@ -19,6 +19,7 @@
 #include "mopt.h"
 #include "onnx.pb-c.h"
 #include "payload.h"
+#include "payload_int.h"
 
 static char dir[256];
 
@@ -524,6 +525,35 @@ static void test_manifest(void **state) {
   assert_int_equal(mopt_manifest_parse_key((const uint8_t *)"nope", 4, got, &d), MOPT_EINVAL);
 }
 
+/* The SHA-NI path must give libsodium's digests for every length and split point. */
+static void test_sha_paths_agree(void **state) {
+  (void)state;
+  assert_true(sodium_init() >= 0);
+  size_t cap = 3 << 20;
+  uint8_t *b = malloc(cap);
+  uint64_t s = 5;
+  for (size_t i = 0; i < cap; i++) b[i] = (uint8_t)rng(&s);
+  size_t lens[] = {0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 4096, 65537, 3 << 20};
+  for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+    size_t len = lens[li];
+    uint8_t ref[32];
+    crypto_hash_sha256(ref, b, len);
+    for (size_t split = 0; split <= len; split += len / 5 + 1) {
+      for (int ni = 0; ni < 2; ni++) {
+        mopt_sha c;
+        uint8_t got[32];
+        mopt_sha_init(&c, ni);
+        mopt_sha_update(&c, b, split);
+        mopt_sha_update(&c, b + split, 1 < len - split ? 1 : len - split);
+        if (len - split > 1) mopt_sha_update(&c, b + split + 1, len - split - 1);
+        mopt_sha_final(&c, got);
+        assert_memory_equal(got, ref, 32);
+      }
+    }
+  }
+  free(b);
+}
+
 static int setup(void **state) {
   (void)state;
   snprintf(dir, sizeof dir, "/tmp/mopt-payload-test-XXXXXX");
@@ -551,6 +581,7 @@ int main(void) {
     cmocka_unit_test(test_flips_and_truncations),
     cmocka_unit_test(test_wrong_base),
     cmocka_unit_test(test_manifest),
+    cmocka_unit_test(test_sha_paths_agree),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""bench_ota.py — OTA payload benchmark (`make bench-ota`): moptd's tensor-aware deltas and
+full payloads against bsdiff, xdelta3 and zstd --patch-from, measured in the same run.
+
+usage: bench_ota.py [--mopt build/mopt] [--work build/ota-bench] [--big-mb 400 | --no-big]
+                    [--timeout 900] [--fresh]
+
+For each version pair from make_pairs.py it reports:
+  delta size / best of (bsdiff, xdelta3 -9 -B <old size>, zstd -19 --long=31 --patch-from)
+      goal <= 0.9 on every pair, never above 1.0;
+  full payload size / zstd -19 of the new file (goal <= 0.92 on float32 models);
+and on the big pair: delta generation time vs bsdiff (goal >= 20x faster; a bsdiff that hits
+the timeout gives a lower bound), apply throughput (goal >= 300 MB/s) and apply peak RSS (goal
+<= 32 MiB). Every payload is applied and the result byte-compared with the new file.
+Wall and CPU (user+sys) times are both printed: the machine may be shared. Baseline results are
+cached in WORK/baselines.json keyed by the input digests (delete it or pass --fresh to redo).
+Prints a table and writes WORK/results.json. Exit status 1 if a round trip fails.
+
+Trade-off: the baselines run with their strongest documented settings, single-threaded, one at a
+time, so ratios compare sizes at each tool's best and times on equal footing.
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd, timeout=None, stdout=subprocess.DEVNULL):
+    """Runs cmd; returns dict(rc, wall, cpu, rss_kb, timed_out)."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    timed_out = False
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if timeout and time.monotonic() - t0 > timeout:
+            p.send_signal(signal.SIGKILL)
+            pid, status, ru = os.wait4(p.pid, 0)
+            timed_out = True
+            break
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    rc = os.waitstatus_to_exitcode(status)
+    return {"rc": rc, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_kb": ru.ru_maxrss,
+            "timed_out": timed_out, "stderr": err[-400:]}
+
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def same(a, b):
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as f, open(b, "rb") as g:
+        while True:
+            x, y = f.read(1 << 20), g.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def main():
+    a = sys.argv[1:]
+    opt = lambda k, d: a[a.index(k) + 1] if k in a else d
+    mopt = os.path.abspath(opt("--mopt", "build/mopt"))
+    work = os.path.abspath(opt("--work", "build/ota-bench"))
+    big = 0 if "--no-big" in a else int(opt("--big-mb", "400"))
+    timeout = float(opt("--timeout", "900"))
+    os.makedirs(work, exist_ok=True)
+    W = lambda n: os.path.join(work, n)
+    gen = [sys.executable, os.path.join(HERE, "make_pairs.py"), work, "--mopt", mopt]
+    if big:
+        gen += ["--big", str(big)]
+    subprocess.run(gen, check=True)
+    pairs = json.load(open(W("pairs.json")))
+    cache_path = W("baselines.json")
+    cache = {} if "--fresh" in a or not os.path.exists(cache_path) else json.load(open(cache_path))
+    results, ok = [], True
+
+    for pr in pairs:
+        old, new = W(pr["old"]), W(pr["new"])
+        osz, nsz = os.path.getsize(old), os.path.getsize(new)
+        key = sha(old) + ":" + sha(new)
+        is_big = pr.get("big", False)
+        r = {"pair": pr["name"], "old_bytes": osz, "new_bytes": nsz}
+        # ours: delta, apply, compare
+        d = run([mopt, "delta", old, new, "-o", W("cur.delta")])
+        if d["rc"]:
+            print("mopt delta failed: " + d["stderr"], file=sys.stderr)
+            ok = False
+            continue
+        r["delta"] = os.path.getsize(W("cur.delta"))
+        r["delta_wall"], r["delta_cpu"] = d["wall"], d["cpu"]
+        if os.path.exists(W("cur.out")):
+            os.unlink(W("cur.out"))
+        ap = run([mopt, "apply", old, W("cur.delta"), "-o", W("cur.out")])
+        r["apply_ok"] = ap["rc"] == 0 and same(W("cur.out"), new)
+        r["apply_wall"], r["apply_cpu"], r["apply_rss_kb"] = ap["wall"], ap["cpu"], ap["rss_kb"]
+        ok &= r["apply_ok"]
+        # ours: full payload
+        f = run([mopt, "pack", new, "-o", W("cur.full")])
+        r["full"] = os.path.getsize(W("cur.full")) if f["rc"] == 0 else None
+        r["pack_wall"] = f["wall"]
+        up = run([mopt, "unpack", W("cur.full"), "-o", W("cur.out")])
+        r["unpack_ok"] = up["rc"] == 0 and same(W("cur.out"), new)
+        ok &= r["unpack_ok"]
+        # baselines (cached by input digests)
+        base = cache.get(key, {})
+        tools = {
+            "bsdiff": (["bsdiff", old, new, W("cur.bsdiff")], W("cur.bsdiff")),
+            "xdelta3": (["xdelta3", "-9", "-B", str(max(osz, 1 << 20)), "-e", "-f", "-s", old, new,
+                         W("cur.xd3")], W("cur.xd3")),
+            "zstd_patch": (["zstd", "-q", "-f", "-19", "--long=31", "--single-thread",
+                            "--patch-from=" + old, new, "-o", W("cur.zpatch")], W("cur.zpatch")),
+            "zstd19": (["zstd", "-q", "-f", "-19", "--single-thread", new, "-o", W("cur.z19")],
+                       W("cur.z19")),
+        }
+        for name, (cmd, out) in tools.items():
+            if name in base:
+                continue
+            m = run(cmd, timeout=timeout)
+            base[name] = {"bytes": os.path.getsize(out) if m["rc"] == 0 and not m["timed_out"] else None,
+                          "wall": m["wall"], "cpu": m["cpu"], "rss_kb": m["rss_kb"],
+                          "timed_out": m["timed_out"]}
+            if os.path.exists(out):
+                os.unlink(out)
+            cache[key] = base
+            json.dump(cache, open(cache_path, "w"), indent=1)
+        r["baselines"] = base
+        sizes = {k: v["bytes"] for k, v in base.items() if k != "zstd19" and v["bytes"]}
+        best = min(sizes.values()) if sizes else None
+        r["best_baseline"] = min(sizes, key=sizes.get) if sizes else None
+        r["delta_ratio"] = r["delta"] / best if best else None
+        z19 = base["zstd19"]["bytes"]
+        r["full_ratio"] = r["full"] / z19 if r["full"] and z19 else None
+        r["float32"] = pr.get("float32", False)
+        if is_big:
+            bs = base["bsdiff"]
+            r["bsdiff_time_lower_bound"] = bs["timed_out"]
+            r["speedup_vs_bsdiff_wall"] = bs["wall"] / r["delta_wall"]
+            r["speedup_vs_bsdiff_cpu"] = bs["cpu"] / max(r["delta_cpu"], 1e-9)
+            r["apply_mb_s_wall"] = nsz / 1e6 / r["apply_wall"]
+            r["apply_mb_s_cpu"] = nsz / 1e6 / max(r["apply_cpu"], 1e-9)
+            r["apply_rss_mib"] = r["apply_rss_kb"] / 1024.0
+        results.append(r)
+        for p in ("cur.delta", "cur.full", "cur.out"):
+            if os.path.exists(W(p)):
+                os.unlink(W(p))
+
+    print("\n%-36s %10s %10s %-10s %7s %10s %10s %7s %s" % (
+        "pair", "delta", "best", "(tool)", "ratio", "full", "zstd-19", "ratio", "round trip"))
+    for r in results:
+        b = r["baselines"]
+        best = min((v["bytes"] for k, v in b.items() if k != "zstd19" and v["bytes"]), default=None)
+        print("%-36s %10d %10s %-10s %7s %10s %10s %7s %s" % (
+            r["pair"][:36], r["delta"], best or "-", r["best_baseline"] or "-",
+            "%.3f" % r["delta_ratio"] if r["delta_ratio"] else "-", r["full"] or "-",
+            b["zstd19"]["bytes"] or "-", "%.3f" % r["full_ratio"] if r["full_ratio"] else "-",
+            "ok" if r["apply_ok"] and r["unpack_ok"] else "FAILED"))
+    for r in results:
+        if "apply_mb_s_wall" not in r:
+            continue
+        b = r["baselines"]
+        print("\n%s:" % r["pair"])
+        for k, v in b.items():
+            print("  %-10s %12s bytes  %8.1f s wall  %8.1f s cpu  %7.0f MiB rss%s" % (
+                k, v["bytes"] or "-", v["wall"], v["cpu"], v["rss_kb"] / 1024.0,
+                "  (TIMED OUT: lower bound)" if v["timed_out"] else ""))
+        print("  mopt delta %12d bytes  %8.1f s wall  %8.1f s cpu" % (r["delta"], r["delta_wall"], r["delta_cpu"]))
+        print("  delta generation vs bsdiff: %s%.1fx faster (wall), %s%.1fx (cpu)" % (
+            ">= " if r["bsdiff_time_lower_bound"] else "", r["speedup_vs_bsdiff_wall"],
+            ">= " if r["bsdiff_time_lower_bound"] else "", r["speedup_vs_bsdiff_cpu"]))
+        print("  apply: %.0f MB/s wall, %.0f MB/s per cpu-second, peak RSS %.1f MiB" % (
+            r["apply_mb_s_wall"], r["apply_mb_s_cpu"], r["apply_rss_mib"]))
+    with open(W("results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("\nresults: %s" % W("results.json"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
