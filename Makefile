@@ -145,6 +145,9 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBMOPT)
 bench: deps-bench deps-test all $(BENCH_BIN)
 	@sh tests/bench/run.sh
 
+bench-ota: $(BUILD)/mopt
+	@/usr/bin/python3 tests/ota/bench_ota.py --mopt $(BUILD)/mopt --work $(BUILD)/ota-bench
+
 fuzz: all
 	@sh tests/fuzz/run.sh $${FUZZ_SECONDS:-60}
 
