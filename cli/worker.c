@@ -40,11 +40,33 @@ static void emit(json_t *ev) {
   json_decref(ev);
 }
 
+/* Copy of s with every byte that is not part of valid UTF-8 replaced by '?' (diagnostics quote
+ * tensor names, which are untrusted bytes; JSON strings must be UTF-8). */
+static void utf8_clean(const char *s, char *out, size_t cap) {
+  size_t o = 0;
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p && o + 5 < cap) {
+    unsigned c = *p;
+    int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    for (int i = 1; i < n; i++)
+      if ((p[i] & 0xc0) != 0x80) n = 0;
+    if (n == 2 && c < 0xc2) n = 0;                       /* overlong */
+    if (n == 0) { out[o++] = '?'; p++; continue; }
+    for (int i = 0; i < n; i++) out[o++] = (char)p[i];
+    p += n;
+  }
+  out[o] = 0;
+}
+
 static int emit_error(int err, const mopt_diag *d, int exit_code) {
-  const char *msg = d && d->msg[0] ? d->msg : mopt_strerror(err);
-  const char *where = d ? d->where : "";
-  emit(json_pack("{s:s, s:s, s:s, s:s}", "event", "error", "code", mopt_errcode(err),
-                 "message", msg, "where", where));
+  char msg[600], where[300];
+  utf8_clean(d && d->msg[0] ? d->msg : mopt_strerror(err), msg, sizeof msg);
+  utf8_clean(d ? d->where : "", where, sizeof where);
+  json_t *ev = json_pack("{s:s, s:s, s:s, s:s}", "event", "error", "code", mopt_errcode(err),
+                         "message", msg, "where", where);
+  if (!ev) ev = json_pack("{s:s, s:s, s:s, s:s}", "event", "error", "code", mopt_errcode(err),
+                          "message", mopt_strerror(err), "where", "");
+  emit(ev);
   fprintf(stderr, "mopt worker: %s: %s (%s)\n", mopt_errcode(err), msg, where);
   return exit_code;
 }

@@ -62,30 +62,53 @@ void mopt_sb_printf(mopt_sb *s, const char *fmt, ...) {
   s->len += (size_t)n;
 }
 
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 when the bytes there are not one. */
+static int utf8_len(const unsigned char *p) {
+  unsigned c = p[0];
+  int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (n <= 1) return n;
+  for (int i = 1; i < n; i++)
+    if ((p[i] & 0xc0) != 0x80) return 0;
+  unsigned cp = n == 2 ? (c & 0x1f) : n == 3 ? (c & 0x0f) : (c & 0x07);
+  for (int i = 1; i < n; i++) cp = (cp << 6) | (p[i] & 0x3f);
+  if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;                                   /* overlong, out of range or a surrogate */
+  return n;
+}
+
 void mopt_sb_json_str(mopt_sb *s, const char *str) {
   if (!str) { mopt_sb_puts(s, "null"); return; }
   sb_reserve(s, strlen(str) + 2);
   mopt_sb_puts(s, "\"");
-  for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+  for (const unsigned char *p = (const unsigned char *)str; *p;) {
     char esc[8];
     switch (*p) {
-    case '"': mopt_sb_puts(s, "\\\""); break;
-    case '\\': mopt_sb_puts(s, "\\\\"); break;
-    case '\n': mopt_sb_puts(s, "\\n"); break;
-    case '\r': mopt_sb_puts(s, "\\r"); break;
-    case '\t': mopt_sb_puts(s, "\\t"); break;
-    case '\b': mopt_sb_puts(s, "\\b"); break;
-    case '\f': mopt_sb_puts(s, "\\f"); break;
-    default:
-      if (*p < 0x20 || *p == 0x7f) {
-        snprintf(esc, sizeof esc, "\\u%04x", *p);
-        mopt_sb_puts(s, esc);
-      } else {
-        esc[0] = (char)*p;
-        esc[1] = 0;
-        mopt_sb_puts(s, esc);   /* UTF-8 bytes pass through; names come from protobuf strings */
-      }
+    case '"': mopt_sb_puts(s, "\\\""); p++; continue;
+    case '\\': mopt_sb_puts(s, "\\\\"); p++; continue;
+    case '\n': mopt_sb_puts(s, "\\n"); p++; continue;
+    case '\r': mopt_sb_puts(s, "\\r"); p++; continue;
+    case '\t': mopt_sb_puts(s, "\\t"); p++; continue;
+    case '\b': mopt_sb_puts(s, "\\b"); p++; continue;
+    case '\f': mopt_sb_puts(s, "\\f"); p++; continue;
+    default: break;
     }
+    if (*p < 0x20 || *p == 0x7f) {
+      snprintf(esc, sizeof esc, "\\u%04x", *p);
+      mopt_sb_puts(s, esc);
+      p++;
+      continue;
+    }
+    int n = utf8_len(p);
+    if (n == 0) {                               /* names are untrusted bytes: keep JSON valid */
+      mopt_sb_puts(s, "\\ufffd");
+      p++;
+      continue;
+    }
+    memcpy(esc, p, (size_t)n);
+    esc[n] = 0;
+    mopt_sb_puts(s, esc);
+    p += n;
   }
   mopt_sb_puts(s, "\"");
 }
