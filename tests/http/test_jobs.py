@@ -14,7 +14,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Daemon, Skip, check, eq, expect, expect_error, lazy, list_items, make_mlp,
+from harness import (Daemon, Skip, check, eq, expect, expect_error, generated_models, lazy, list_items, make_mlp,
                      run, sha256_hex, stub_worker, test, write_big_mlp, JOB_ID, MODEL_ID,
                      RFC3339_MS, TERMINAL)
 
@@ -84,6 +84,9 @@ def test_lifecycle_output_registered_and_reusable():
     eq(j["finished"], None, "finished before running")
     eq(j["spec"]["passes"][0]["op"], "prune", "spec op")
     eq(j["spec"]["passes"][0]["sparsity"], 0.5, "spec sparsity")
+    # the normalized spec has every default filled in (job_spec.h)
+    check("seed" in j["spec"] and "select" in j["spec"], "spec defaults missing: %r" % j["spec"])
+    check(len(j["spec"]["passes"][0]) > 2, "pass defaults missing: %r" % j["spec"]["passes"][0])
     j = d.wait_job(j["id"], timeout=60)
     check_job_json(j)
     eq(j["state"], "succeeded", "final state (error: %r)" % (j.get("error"),))
@@ -141,6 +144,10 @@ def test_repeat_of_same_spec_returns_the_same_job():
     eq(r.json["output"], j["output"], "repeat output")
     eq(r.json["finished"], j["finished"], "repeat finished (recomputed?)")
     eq(len(d.all_jobs(model=mid)), n_before, "jobs of the model after the repeat")
+    time.sleep(0.3)
+    with d.lock:
+        starts = [l for l in d.jlines if l.get("event") == "job_started" and j["id"] in str(l)]
+    check(len(starts) <= 1, "the job's worker started %d times (recomputed?)" % len(starts))
     # a different spec is a new job
     r = expect(d.post("/v1/jobs", {"model": mid, "passes": [{"op": "prune", "sparsity": 0.25}]}), 202,
                "different spec")
@@ -315,6 +322,36 @@ def test_list_jobs_filters_and_pagination():
     check(set(ids) <= {j["id"] for j in succ}, "succeeded jobs missing from state=succeeded")
     eq(d.all_jobs(state="queued", model=m2), [], "state+model filter")
     expect_error(d.get("/v1/jobs", query={"state": "bogus"}), 400, what="unknown state filter")
+
+
+@test
+def test_every_generated_model_optimizes_through_the_daemon():
+    import onnx
+    d = D()
+    outdir = generated_models()
+    jobs = {}
+    for f in sorted(os.listdir(outdir)):
+        if not f.endswith(".onnx"):
+            continue
+        data = open(os.path.join(outdir, f), "rb").read()
+        mid = d.upload_ok(data, name="gen-" + f[:-5])["id"]
+        spec = {"model": mid, "passes": [{"op": "prune", "sparsity": 0.5}, {"op": "quantize", "dtype": "int8"}]}
+        jobs[f] = d.submit(spec)["id"]
+    bad = []
+    for f, jid in jobs.items():
+        j = d.wait_job(jid, timeout=60)
+        if j["state"] != "succeeded":
+            bad.append("%s: %s %r" % (f, j["state"], j["error"]))
+            continue
+        out = expect(d.get("/v1/models/%s/content" % j["output"]), 200).body
+        try:
+            m = onnx.load_from_string(out)
+            if m.opset_import[0].version <= 17 and m.ir_version <= 8:
+                onnx.checker.check_model(m)
+        except Exception as e:
+            bad.append("%s: output does not load/check: %s" % (f, e))
+    check(jobs, "no generated models")
+    eq(bad, [], "generated models whose job failed")
 
 
 @test
