@@ -470,6 +470,34 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   ctx_put(rc);
 }
 
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decoding of the path and query, in place. "%00" is left encoded: a decoded NUL would
+ * silently cut a C string short (a name "a%00b" would be stored as "a"); left as is, the '%'
+ * makes the router and the name validators refuse it. '+' is not turned into a space (paths
+ * and our query values never use form encoding). */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+  (void)cls;
+  (void)c;
+  char *r = s, *w = s;
+  while (*r) {
+    int hi, lo;
+    if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 && (hi | lo) != 0) {
+      *w++ = (char)(hi * 16 + lo);
+      r += 3;
+    } else {
+      *w++ = *r++;
+    }
+  }
+  *w = 0;
+  return (size_t)(w - s);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
   char msg[512];
   (void)cls;
@@ -539,6 +567,7 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
       MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+      MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
       MHD_OPTION_END);
   if (!h->d) {
     snprintf(err, errn, "cannot listen on %s: %s", cfg->listen,

@@ -22,12 +22,18 @@
 
 static atomic_int ready;
 static srv_sched *g_sched;
+static store *g_store;
 
 static void hook_submitted(void *h) { (void)h; srv_sched_submitted(g_sched); }
 static void hook_cancel(void *h, const char *job) { (void)h; srv_sched_cancel(g_sched, job); }
 static void hook_changed(void *h, const char *job) { (void)h; srv_waiters_notify(job); }
 static int hook_metrics(void *h, char **text, size_t *len) {
   (void)h;
+  /* The queue depth is read at scrape time so it agrees with moptd_jobs{state="queued"}. */
+  uint64_t counts[5] = {0};
+  store_conn *c = g_store ? store_conn_get(g_store) : NULL;
+  if (c && store_job_counts(c, counts) == 0)
+    srv_metrics_sched(counts[STORE_JOB_QUEUED], UINT64_MAX, UINT64_MAX);
   return srv_metrics_render(text, len);
 }
 static int hook_ready(void *h) { (void)h; return atomic_load(&ready); }
@@ -101,6 +107,7 @@ int main(int argc, char **argv) {
     }
   }
 
+  g_store = st;
   api_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.st = st;

@@ -82,8 +82,8 @@ int64_t srv_metrics_inflight_get(void) { return atomic_load(&inflight); }
 
 void srv_metrics_sched(uint64_t queued, uint64_t running, uint64_t limit) {
   if (queued != UINT64_MAX) atomic_store_explicit(&g_queued, queued, memory_order_relaxed);
-  atomic_store_explicit(&g_running, running, memory_order_relaxed);
-  atomic_store_explicit(&g_limit, limit, memory_order_relaxed);
+  if (running != UINT64_MAX) atomic_store_explicit(&g_running, running, memory_order_relaxed);
+  if (limit != UINT64_MAX) atomic_store_explicit(&g_limit, limit, memory_order_relaxed);
 }
 
 void srv_metrics_job_event(const char *kind) {

@@ -567,7 +567,11 @@ static void pump(srv_sched *s) {
       store_job_free(&j);
       break;
     }
+    /* The job is 'running' in the index from the claim on: count it now, so a scrape never
+     * sees fewer running workers than the index says while the process is being started. */
+    srv_metrics_sched(UINT64_MAX, s->n_running + 1, s->cfg->workers);
     spawn(s, &j);
+    srv_metrics_sched(UINT64_MAX, s->n_running, s->cfg->workers);
     store_job_free(&j);
   }
   srv_metrics_sched(UINT64_MAX, s->n_running, s->cfg->workers);

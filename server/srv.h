@@ -111,7 +111,8 @@ void srv_metrics_init(void);
 void srv_metrics_request(size_t route_index, int status, int64_t duration_us);
 void srv_metrics_inflight(int delta);
 int64_t srv_metrics_inflight_get(void);
-/* Scheduler gauges, set by sched.c (queued == UINT64_MAX leaves the queue depth as is). */
+/* Scheduler gauges, set by sched.c (and the queue depth by the metrics hook at scrape time);
+ * UINT64_MAX leaves a gauge as it is. */
 void srv_metrics_sched(uint64_t queued, uint64_t running, uint64_t limit);
 void srv_metrics_job_event(const char *kind);   /* "started","succeeded","failed","cancelled","requeued" */
 /* Appends the server's metrics in Prometheus text format to *text (malloc'd, *len bytes; *text
