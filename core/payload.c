@@ -313,6 +313,16 @@ static void rot_elems(uint8_t *buf, size_t n, unsigned es, int left) {
 }
 /* SUB encode: dst = zigzag(t - b) per element, signed within the element width. */
 static void sub_zz(uint8_t *dst, const uint8_t *t, const uint8_t *b, size_t n, unsigned es) {
+  if (es == 4) {
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+      uint32_t x, y;
+      memcpy(&x, t + i, 4); memcpy(&y, b + i, 4);
+      int32_t sd = (int32_t)(x - y);
+      uint32_t z = ((uint32_t)sd << 1) ^ (uint32_t)(sd >> 31);
+      memcpy(dst + i, &z, 4);
+    }
+    return;
+  }
   unsigned sh = 64 - 8 * es;
   uint64_t mk = mask_of(es);
   for (size_t i = 0; i + es <= n; i += es) {
@@ -323,6 +333,15 @@ static void sub_zz(uint8_t *dst, const uint8_t *t, const uint8_t *b, size_t n, u
 }
 /* SUB decode: dst = b + unzigzag(d) modulo 2^(8 es). dst may alias d. */
 static void add_zz(uint8_t *dst, const uint8_t *b, const uint8_t *d, size_t n, unsigned es) {
+  if (es == 4) {   /* the common float32 case, same arithmetic on 32-bit words */
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+      uint32_t x, z;
+      memcpy(&x, b + i, 4); memcpy(&z, d + i, 4);
+      x += (z >> 1) ^ (0u - (z & 1));
+      memcpy(dst + i, &x, 4);
+    }
+    return;
+  }
   uint64_t mk = mask_of(es);
   for (size_t i = 0; i + es <= n; i += es)
     st(dst + i, (ld(b + i, es) + (uint64_t)unzigzag(ld(d + i, es))) & mk, es);
@@ -336,18 +355,83 @@ typedef struct wr {
   uint64_t written;                 /* bytes handed to the writer */
   mopt_sha h;
   int err;
+  /* optional background thread that hashes and writes full buffers (apply), so decoding
+   * overlaps hashing and the kernel copy on a second core */
+  int threaded, busy, stop;
+  pthread_t th;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint8_t *spare, *job;
+  size_t job_n;
 } wr;
-static void wr_flush(wr *w) {
-  if (w->n && !w->err) {
-    mopt_sha_update(&w->h, w->buf, w->n);
-    if (write_full(w->fd, w->buf, w->n)) w->err = errno ? errno : EIO;
+
+static void wr_sink(wr *w, const uint8_t *p, size_t n) {
+  mopt_sha_update(&w->h, p, n);
+  if (!w->err && write_full(w->fd, p, n)) w->err = errno ? errno : EIO;
+}
+static void *wr_thread(void *arg) {
+  wr *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->busy && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+    if (!w->busy) break;
+    pthread_mutex_unlock(&w->mu);
+    wr_sink(w, w->job, w->job_n);
+    pthread_mutex_lock(&w->mu);
+    w->busy = 0;
+    pthread_cond_broadcast(&w->cv);
   }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+/* Starts the background thread; spare is a second IO_BUF buffer the writer takes over. */
+static void wr_start_thread(wr *w, uint8_t *spare) {
+  w->spare = spare;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->threaded = pthread_create(&w->th, NULL, wr_thread, w) == 0;
+  if (!w->threaded) {
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+  }
+}
+static void wr_flush(wr *w) {
+  if (!w->n) return;
+  if (!w->threaded) {
+    wr_sink(w, w->buf, w->n);
+    w->n = 0;
+    return;
+  }
+  pthread_mutex_lock(&w->mu);
+  while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+  uint8_t *t = w->spare;
+  w->spare = w->buf;
+  w->job = w->buf;
+  w->job_n = w->n;
+  w->busy = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  w->buf = t;
   w->n = 0;
+}
+/* Flushes, waits for the thread and stops it. Safe to call when no thread runs. */
+static void wr_finish(wr *w) {
+  wr_flush(w);
+  if (!w->threaded) return;
+  pthread_mutex_lock(&w->mu);
+  while (w->busy) pthread_cond_wait(&w->cv, &w->mu);
+  w->stop = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->th, NULL);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  w->threaded = 0;
 }
 static void wr_put(wr *w, const void *data, size_t n) {
   const uint8_t *p = data;
   w->written += n;
-  while (n && !w->err) {
+  while (n) {
     size_t k = IO_BUF - w->n < n ? IO_BUF - w->n : n;
     memcpy(w->buf + w->n, p, k);
     w->n += k; p += k; n -= k;
@@ -954,7 +1038,7 @@ typedef struct dec {
   size_t in_n, in_pos;
   uint64_t sk_pos, sk_end;  /* skeleton frame bytes still to read */
   size_t last;              /* last ZSTD_decompressStream return */
-  uint8_t *cbuf, *planes, *obuf, *bbuf, *rbuf;
+  uint8_t *cbuf, *planes, *obuf, *bbuf, *rbuf, *wspare;
   wr w;
   mopt_diag *diag;
 } dec;
@@ -1184,9 +1268,10 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   d.planes = malloc(CHUNK_MAX);
   d.obuf = malloc(CHUNK_MAX);
   d.bbuf = malloc(CHUNK_MAX);
+  d.wspare = malloc(IO_BUF);
   d.w.buf = tmpbuf;
   tmpbuf = NULL;
-  if (!d.dc || !d.ds || !d.inbuf || !d.cbuf || !d.planes || !d.obuf || !d.bbuf) { rc = MOPT_ENOMEM; goto out; }
+  if (!d.dc || !d.ds || !d.inbuf || !d.cbuf || !d.planes || !d.obuf || !d.bbuf || !d.wspare) { rc = MOPT_ENOMEM; goto out; }
   ZSTD_DCtx_setParameter(d.ds, ZSTD_d_windowLogMax, SKEL_WLOG);
   ZSTD_DCtx_setParameter(d.dc, ZSTD_d_format, ZSTD_f_zstd1_magicless);
   if (plen) ZSTD_DCtx_refPrefix(d.ds, prefix, plen);
@@ -1197,8 +1282,9 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   if (ofd < 0) { rc = ofd; goto out; }
   d.w.fd = ofd;
   mopt_sha_init(&d.w.h, -1);
+  wr_start_thread(&d.w, d.wspare);
   if ((rc = decode_records(&d))) goto out;
-  wr_flush(&d.w);
+  wr_finish(&d.w);
   if (d.w.err) { rc = mopt_diag_set(diag, MOPT_EIO, out_path, "write error: %s", strerror(d.w.err)); goto out; }
   uint8_t odg[32];
   mopt_sha_final(&d.w.h, odg);
@@ -1217,12 +1303,15 @@ int mopt_payload_apply_file(const char *base_path, const char *payload_path, con
   }
 out:
   if (bj.started) pthread_join(bj.th, NULL);
+  d.w.n = 0;   /* after an error nothing more is queued; the temp file is removed anyway */
+  wr_finish(&d.w);
   if (d.w.fd >= 0) temp_abort(d.w.fd, tmp);
   free(tmp);
   if (d.pfd >= 0) close(d.pfd);
   if (d.bfd >= 0) close(d.bfd);
   free(prefix); free(tmpbuf);
   free(d.inbuf); free(d.cbuf); free(d.planes); free(d.obuf); free(d.bbuf); free(d.w.buf); free(d.rbuf);
+  free(d.w.spare ? d.w.spare : d.wspare);   /* the writer swaps its two buffers */
   ZSTD_freeDCtx(d.dc);
   ZSTD_freeDStream(d.ds);
   return rc;
