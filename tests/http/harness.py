@@ -745,12 +745,40 @@ def test(fn):
 
 
 def cleanup():
+    """Stops every daemon still running (SIGTERM, so sanitizers get to report at exit)."""
     for d in _daemons:
         if d.alive():
             try:
-                d.kill()
+                d.stop(signal.SIGTERM, 20)
             except Exception:
-                pass
+                try:
+                    d.kill()
+                except Exception:
+                    pass
+
+
+SANITIZER = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|UndefinedBehaviorSanitizer|"
+                       r"Segmentation fault|double free|heap-use-after-free|stack smashing")
+
+
+def sanitizer_reports():
+    """Lines of the daemons' logs that report memory errors, UB or crashes."""
+    out = []
+    for d in _daemons:
+        try:
+            text = open(d.log_path, "rb").read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    json.loads(line)
+                    continue   # the daemon's own log lines (which may quote a worker's crash)
+                except ValueError:
+                    pass
+            if SANITIZER.search(line):
+                out.append("%s: %s" % (d.name, line[:300]))
+    return out
 
 
 def run():
@@ -760,7 +788,6 @@ def run():
     only = os.environ.get("MOPT_TEST")
     if only:
         _tests = [t for t in _tests if only in t.__name__]
-    print("1..%d" % len(_tests), flush=True)
     failed = 0
     t_all = time.time()
     for i, fn in enumerate(_tests, 1):
@@ -786,7 +813,18 @@ def run():
             sys.stdout.flush()
         print("# %s took %.2fs" % (name, time.time() - t0), flush=True)
     cleanup()
-    print("# %d tests, %d failed, %.1fs" % (len(_tests), failed, time.time() - t_all), flush=True)
+    # one more check over the whole file: no daemon reported a memory error, UB or a crash
+    n = len(_tests) + 1
+    rep = sanitizer_reports()
+    if rep:
+        failed += 1
+        print("not ok %d - daemon logs free of sanitizer and crash reports" % n)
+        for line in rep[:40]:
+            print("# " + line)
+    else:
+        print("ok %d - daemon logs free of sanitizer and crash reports" % n)
+    print("1..%d" % n)
+    print("# %d tests, %d failed, %.1fs" % (n, failed, time.time() - t_all), flush=True)
     sys.exit(1 if failed else 0)
 
 
