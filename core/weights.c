@@ -346,14 +346,18 @@ static int pass_through(use_index *ix, const Onnx__NodeProto *n, int input, cons
     int allowzero = (int)attr_int(n, "allowzero", 0);
     int64_t known = 1, total = 1;
     int infer = -1;
-    for (int i = 0; i < in->nd; i++) total *= in->dims[i];
+    for (int i = 0; i < in->nd; i++)
+      if (__builtin_mul_overflow(total, in->dims[i], &total)) { out->nd = -1; return 1; }
     for (int i = 0; i < k; i++) {
       if (shp[i] == 0 && !allowzero) shp[i] = i < in->nd ? in->dims[i] : -2;
       if (shp[i] == -1 && infer < 0) infer = i;
-      else if (shp[i] < 0) { out->nd = -1; return 1; }
-      else known *= shp[i];
+      else if (shp[i] < 0 || __builtin_mul_overflow(known, shp[i], &known)) {
+        out->nd = -1; /* malformed or unknowable shape: stop tracking axes */
+        return 1;
+      }
     }
     if (infer >= 0) shp[infer] = known ? total / known : 0;
+    if (infer >= 0 ? (known == 0 || total % known != 0) : known != total) { out->nd = -1; return 1; }
     nd2 = k;
     memcpy(dims2, shp, sizeof(int64_t) * (size_t)k);
   } else if (is_op(n, "Squeeze")) {
