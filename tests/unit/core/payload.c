@@ -67,7 +67,8 @@ typedef struct tdef {
   int32_t dtype;
   int ndim;
   int64_t dims[4];
-  int constant;       /* 1 = value of a Constant node, 0 = initializer */
+  int constant;       /* 1 = value of a Constant node, 2 = initializer of an If's subgraphs,
+                         0 = initializer */
   int typed;          /* 1 = float_data typed field (float32 only) */
   uint64_t seed;
   double noise;       /* relative noise added to the seeded values (fine-tune) */
@@ -125,12 +126,18 @@ static uint8_t *build_model(const tdef *ts, size_t n, const char *producer, size
   model.graph = &graph;
   graph.name = "g";
   Onnx__TensorProto *tp = calloc(n, sizeof *tp), **inits = calloc(n, sizeof *inits);
-  Onnx__NodeProto *np = calloc(n, sizeof *np), **nodes = calloc(n, sizeof *nodes);
+  Onnx__NodeProto *np = calloc(n, sizeof *np), **nodes = calloc(n + 1, sizeof *nodes);
   Onnx__AttributeProto *ap = calloc(n, sizeof *ap), **attrs = calloc(n, sizeof *attrs);
-  Onnx__ValueInfoProto *vo = calloc(n, sizeof *vo), **outs = calloc(n, sizeof *outs);
+  Onnx__ValueInfoProto *vo = calloc(n + 1, sizeof *vo), **outs = calloc(n + 1, sizeof *outs);
   char **outnames = calloc(n, sizeof *outnames);
   uint8_t **datas = calloc(n, sizeof *datas);
-  size_t ni = 0, nn = 0;
+  size_t ni = 0, nn = 0, nsub = 0, nout = 0;
+  Onnx__TensorProto **sub_inits = calloc(n, sizeof *sub_inits);
+  Onnx__GraphProto sub;
+  Onnx__ValueInfoProto sub_out, *sub_outs[1] = {&sub_out}, cond_in, *ins[1] = {&cond_in};
+  Onnx__NodeProto ifn, *ifn_p = &ifn;
+  Onnx__AttributeProto at_then, at_else, *if_attrs[2] = {&at_then, &at_else};
+  char *if_in[1] = {"cond"}, *if_out[1] = {"if_out"};
   for (size_t i = 0; i < n; i++) {
     const tdef *t = &ts[i];
     Onnx__TensorProto *x = &tp[i];
@@ -153,22 +160,49 @@ static uint8_t *build_model(const tdef *ts, size_t n, const char *producer, size
       np[nn].n_output = 1; np[nn].output = &outnames[i];
       nodes[nn] = &np[nn];
       nn++;
+    } else if (t->constant == 2) {
+      sub_inits[nsub++] = x;
+      continue;
     } else {
       inits[ni++] = x;
     }
-    onnx__value_info_proto__init(&vo[i]);
-    vo[i].name = (char *)t->name;
-    outs[i] = &vo[i];
+    onnx__value_info_proto__init(&vo[nout]);
+    vo[nout].name = (char *)t->name;
+    outs[nout] = &vo[nout];
+    nout++;
+  }
+  if (nsub) {   /* If(cond) with both branches returning the first subgraph tensor */
+    onnx__graph_proto__init(&sub);
+    sub.name = "branch";
+    sub.n_initializer = nsub; sub.initializer = sub_inits;
+    onnx__value_info_proto__init(&sub_out);
+    sub_out.name = sub_inits[0]->name;
+    sub.n_output = 1; sub.output = sub_outs;
+    onnx__attribute_proto__init(&at_then);
+    at_then.name = "then_branch"; at_then.has_type = 1; at_then.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__GRAPH; at_then.g = &sub;
+    at_else = at_then;
+    at_else.name = "else_branch";
+    onnx__node_proto__init(&ifn);
+    ifn.op_type = "If"; ifn.n_input = 1; ifn.input = if_in; ifn.n_output = 1; ifn.output = if_out;
+    ifn.n_attribute = 2; ifn.attribute = if_attrs;
+    nodes[nn++] = ifn_p;
+    onnx__value_info_proto__init(&cond_in);
+    cond_in.name = "cond";
+    graph.n_input = 1; graph.input = ins;
+    onnx__value_info_proto__init(&vo[nout]);
+    vo[nout].name = "if_out";
+    outs[nout] = &vo[nout];
+    nout++;
   }
   graph.n_initializer = ni; graph.initializer = inits;
   graph.n_node = nn; graph.node = nodes;
-  graph.n_output = n; graph.output = outs;
+  graph.n_output = nout; graph.output = outs;
   *len = onnx__model_proto__get_packed_size(&model);
   uint8_t *buf = malloc(*len);
   onnx__model_proto__pack(&model, buf);
   for (size_t i = 0; i < n; i++) free(datas[i]);
   free(datas); free(tp); free(inits); free(np); free(nodes); free(ap); free(attrs); free(vo);
-  free(outs); free(outnames);
+  free(outs); free(outnames); free(sub_inits);
   return buf;
 }
 
@@ -339,6 +373,24 @@ static void test_delta_pairs(void **state) {
   b[4].noise = 0.05;
   write_model("v6.onnx", b, N_BASE, "test");
   roundtrip_pair("v1.onnx", "v6.onnx", NULL, 1);
+
+  /* weights inside If subgraphs: one changes, one is added */
+  tdef g1[3] = {{"top.w", MOPT_DT_FLOAT, 2, {32, 32}, 0, 0, 51, 0, 0},
+                {"sub.w", MOPT_DT_FLOAT, 2, {24, 24}, 2, 0, 52, 0, 0},
+                {"sub.k", MOPT_DT_FLOAT, 1, {300}, 2, 0, 53, 0, 0}};
+  write_model("g1.onnx", g1, 3, "test");
+  g1[1].noise = 1e-3;
+  write_model("g2.onnx", g1, 3, "test");
+  tdef g3[4] = {g1[0], g1[1], g1[2], {"sub.extra", MOPT_DT_FLOAT16, 1, {128}, 2, 0, 54, 0, 0}};
+  write_model("g3.onnx", g3, 4, "test");
+  roundtrip_pair("g1.onnx", "g2.onnx", NULL, 1);
+  roundtrip_pair("g2.onnx", "g3.onnx", NULL, 1);
+  char pg1[512], pg2[512];
+  path_of(pg1, "g1.onnx"); path_of(pg2, "g2.onnx"); path_of(pd, "g.delta");
+  assert_int_equal(mopt_payload_delta_file(pg1, pg2, pd, NULL, &di, &d), 0);
+  assert_int_equal(di.n_tensors, 3);      /* the scan saw the subgraph tensors */
+  assert_int_equal(di.n_matched, 3);
+  assert_true(di.bytes_same >= (32 * 32 + 300) * 4);
 
   /* unrelated model */
   tdef u[2] = {{"conv.w", MOPT_DT_FLOAT, 4, {8, 4, 3, 3}, 0, 0, 77, 0, 0},
