@@ -124,26 +124,6 @@ static size_t index_of_rank(const mopt_km_data *d, double r) {
   return i < d->n ? i : d->n - 1;
 }
 
-/* D^2 sample: the index where the cumulative cost passes target. */
-static size_t sample_d2(const mopt_km_data *d, const float *cent, size_t k, const size_t *b,
-                        double target) {
-  double cum = 0.0;
-  for (size_t j = 0; j < k; j++) {
-    double c = seg_cost(d, b[j], b[j + 1], cent[j]);
-    if (cum + c > target && b[j + 1] > b[j]) {
-      double rem = target - cum;
-      size_t lo = b[j], hi = b[j + 1] - 1;     /* smallest t with cost(b[j], t + 1) > rem */
-      while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (seg_cost(d, b[j], mid + 1, cent[j]) > rem) hi = mid; else lo = mid + 1;
-      }
-      return lo;
-    }
-    cum += c;
-  }
-  return d->n - 1;
-}
-
 static void insert_sorted(float *cent, size_t *m, float v) {
   size_t i = *m;
   while (i > 0 && cent[i - 1] > v) { cent[i] = cent[i - 1]; i--; }
@@ -157,34 +137,80 @@ static int has_value(const float *cent, size_t m, float v) {
   return 0;
 }
 
+static size_t clampz(size_t v, size_t lo, size_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
 /* Adds D^2-sampled centres (greedy: best of 2 + ln k candidates, as kmeans++ usually does)
- * until m == k or every value is a centre. */
+ * until m == k or every value is a centre. Segment bounds and costs are kept per centre, and a
+ * candidate only changes the two segments around it, so a candidate costs O(log n) and the
+ * whole fill O(k (k + trials log n)). */
 static int fill_kmeanspp(const mopt_km_data *d, size_t k, uint64_t *rng, float *cent, size_t *m) {
+  if (*m == 0 || *m >= k) return 0;
   size_t *b = malloc((k + 2) * sizeof *b);
-  float *tmp = malloc((k + 1) * sizeof *tmp);
-  if (!b || !tmp) { free(b); free(tmp); return MOPT_ENOMEM; }
+  double *sc = malloc((k + 1) * sizeof *sc);
+  if (!b || !sc) { free(b); free(sc); return MOPT_ENOMEM; }
+  bounds_of(d, cent, *m, b);
+  for (size_t j = 0; j < *m; j++) sc[j] = seg_cost(d, b[j], b[j + 1], cent[j]);
   int trials = 2 + (int)log((double)k);
   while (*m < k) {
-    double pot = potential(d, cent, *m, b);
+    size_t mm = *m;
+    double pot = 0.0;
+    for (size_t j = 0; j < mm; j++) pot += sc[j];
     if (!(pot > 0.0)) break;
     float best_v = 0.0f;
     double best_p = INFINITY;
+    size_t best_pos = 0, best_m1 = 0, best_m2 = 0;
+    double best_c[3] = {0, 0, 0};
     for (int t = 0; t < trials; t++) {
-      bounds_of(d, cent, *m, b);
-      size_t idx = sample_d2(d, cent, *m, b, mopt_rng_unit(rng) * pot);
-      float v = d->v[idx];
-      if (has_value(cent, *m, v)) continue;
-      memcpy(tmp, cent, *m * sizeof *tmp);
-      size_t mm = *m;
-      insert_sorted(tmp, &mm, v);
-      double p = potential(d, tmp, mm, b);
-      if (p < best_p) { best_p = p; best_v = v; }
+      /* D^2 sample: walk the cached segment costs, then search inside the segment */
+      double target = mopt_rng_unit(rng) * pot, cum = 0.0;
+      size_t seg = mm;
+      for (size_t j = 0; j < mm; j++) {
+        if (cum + sc[j] > target && b[j + 1] > b[j]) { seg = j; break; }
+        cum += sc[j];
+      }
+      if (seg == mm) continue;
+      double rem = target - cum;
+      size_t lo = b[seg], hi = b[seg + 1] - 1;
+      while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (seg_cost(d, b[seg], mid + 1, cent[seg]) > rem) hi = mid; else lo = mid + 1;
+      }
+      float v = d->v[lo];
+      size_t p = 0, h = mm;                      /* centres below v */
+      while (p < h) {
+        size_t mid = p + (h - p) / 2;
+        if (cent[mid] < v) p = mid + 1; else h = mid;
+      }
+      if (p < mm && cent[p] == v) continue;      /* already a centre */
+      size_t s0 = p > 0 ? b[p - 1] : 0, e0 = p < mm ? b[p + 1] : d->n;
+      double old = (p > 0 ? sc[p - 1] : 0.0) + (p < mm ? sc[p] : 0.0);
+      size_t m1 = p > 0 ? clampz(upper_bound_v(d, ((double)cent[p - 1] + v) * 0.5), s0, e0) : s0;
+      size_t m2 = p < mm ? clampz(upper_bound_v(d, ((double)v + cent[p]) * 0.5), m1, e0) : e0;
+      double c0 = p > 0 ? seg_cost(d, s0, m1, cent[p - 1]) : 0.0;
+      double c1 = seg_cost(d, m1, m2, v);
+      double c2 = p < mm ? seg_cost(d, m2, e0, cent[p]) : 0.0;
+      double np = pot - old + c0 + c1 + c2;
+      if (np < best_p) {
+        best_p = np; best_v = v; best_pos = p; best_m1 = m1; best_m2 = m2;
+        best_c[0] = c0; best_c[1] = c1; best_c[2] = c2;
+      }
     }
     if (best_p == INFINITY) break;             /* only zero-cost picks: nothing left to split */
-    insert_sorted(cent, m, best_v);
+    size_t p = best_pos;
+    memmove(cent + p + 1, cent + p, (mm - p) * sizeof *cent);
+    cent[p] = best_v;
+    /* bounds: b[p] = m1 (start of the new segment), b[p + 1] = m2, the rest shift by one */
+    memmove(b + p + 2, b + p + 1, (mm - p) * sizeof *b);
+    b[p] = best_m1;
+    b[p + 1] = best_m2;
+    memmove(sc + p + 1, sc + p, (mm - p) * sizeof *sc);
+    if (p > 0) sc[p - 1] = best_c[0];
+    sc[p] = best_c[1];
+    if (p < mm) sc[p + 1] = best_c[2];
+    *m = mm + 1;
   }
   free(b);
-  free(tmp);
+  free(sc);
   return 0;
 }
 

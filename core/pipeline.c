@@ -186,6 +186,16 @@ static int validate_spec(const mopt_spec *sp, mopt_diag *d) {
 
 /* ---------------------------------------------------------------- passes ---- */
 
+static int report_progress(pctx *c, const char *step) {
+  if (!c->progress) return 0;
+  double f = c->units_total > 0 ? c->units_done / c->units_total : 1.0;
+  if (f > 1.0) f = 1.0;
+  if (c->progress(f, step, c->progress_ctx) != 0)
+    return mopt_diag_set(c->diag, MOPT_ECANCELLED, step, "cancelled during %s", step);
+  return 0;
+}
+
+
 static void note_set(char *note, const char *msg) {
   if (note && !note[0]) snprintf(note, 96, "%s", msg);
 }
@@ -271,6 +281,10 @@ static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
     uint8_t *bi = malloc(per);
     if (!buf || !bi) { free(buf); free(bi); return MOPT_ENOMEM; }
     for (int64_t d = 0; d < v.dim; d++) {
+      if (d % 32 == 31) {                      /* long per-channel runs stay cancellable */
+        int rc = report_progress(c, "cluster");
+        if (rc) { free(buf); free(bi); return rc; }
+      }
       size_t m = 0;
       for (int64_t o = 0; o < v.outer; o++)
         for (int64_t i = 0; i < v.inner; i++) buf[m++] = s->vals[(o * v.dim + d) * v.inner + i];
@@ -510,14 +524,6 @@ static int run_pass(pctx *c, wstate *s, size_t pi, int global_phase, char *note)
   return MOPT_EINVAL;
 }
 
-static int report_progress(pctx *c, const char *step) {
-  if (!c->progress) return 0;
-  double f = c->units_total > 0 ? c->units_done / c->units_total : 1.0;
-  if (f > 1.0) f = 1.0;
-  if (c->progress(f, step, c->progress_ctx) != 0)
-    return mopt_diag_set(c->diag, MOPT_ECANCELLED, step, "cancelled during %s", step);
-  return 0;
-}
 
 static int decode(pctx *c, const mopt_weight *w, wstate *s, int keep_orig) {
   memset(s, 0, sizeof *s);
