@@ -29,6 +29,7 @@ typedef struct wstate {
   const mopt_weight *w;
   size_t n;
   float *vals, *orig;
+  size_t nonfinite_at;       /* 1 + index of the first NaN/Inf: the tensor is skipped */
   int pruned;
   /* clustered */
   int clustered;
@@ -532,10 +533,9 @@ static int decode(pctx *c, const mopt_weight *w, wstate *s, int keep_orig) {
   int rc = mopt_weight_read_f32(c->m, w, &s->vals, c->diag);
   if (rc) return rc;
   for (size_t i = 0; i < s->n; i++)
-    if (!isfinite(s->vals[i])) {
-      state_free(s);
-      return mopt_diag_set(c->diag, MOPT_EMODEL, w->name,
-                           "weight holds a non-finite value at element %zu", i);
+    if (!isfinite(s->vals[i])) {      /* left as it is: no pass has a meaning for NaN/Inf */
+      s->nonfinite_at = i + 1;
+      break;
     }
   if (keep_orig) {
     s->orig = malloc(s->n * sizeof *s->orig);
@@ -561,6 +561,7 @@ static int global_threshold(pctx *c, mopt_weight *ws, size_t nw, size_t g) {
       if ((rc = report_progress(c, "prune"))) break;
       wstate s;
       if ((rc = decode(c, &ws[i], &s, 0))) break;
+      if (s.nonfinite_at) { state_free(&s); continue; }
       for (size_t p = 0; p < g && !rc; p++) rc = run_pass(c, &s, p, 1, NULL);
       if (!rc && !s.lowrank) {
         if (sweep == 0) { mopt_abs_hist_hi(s.vals, s.n, h); total += s.n; }
@@ -718,6 +719,27 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       rt->n_passes = spec->n_passes;
       dist = rt->distinct_before = mopt_count_distinct(s.vals, s.n);
       sp = rt->sparsity_before = mopt_sparsity(s.vals, s.n);
+    }
+    if (s.nonfinite_at) {
+      for (size_t p = 0; rt && p < spec->n_passes; p++) {
+        snprintf(rt->passes[p].note, sizeof rt->passes[p].note,
+                 "skipped: NaN/Inf at element %zu", s.nonfinite_at - 1);
+        rt->passes[p].sparsity = sp;
+        rt->passes[p].distinct = dist;
+      }
+      if (rt) {
+        rt->sparsity = sp;
+        rt->distinct = dist;
+        rt->snr_db = 999.0;
+        rt->encoding = "unchanged";
+        rt->bytes_before = rt->bytes_after = bits_bytes(s.n, mopt_dtype_bits(w->dtype));
+        snprintf(rt->dtype_after, sizeof rt->dtype_after, "%s", mopt_dtype_name(w->dtype));
+        rep.weight_bytes_before += rt->bytes_before;
+        rep.weight_bytes_after += rt->bytes_after;
+      }
+      c.units_done += (double)(spec->n_passes + 1);
+      state_free(&s);
+      continue;
     }
     for (size_t p = 0; p < spec->n_passes; p++) {
       if ((rc = report_progress(&c, mopt_pass_name(spec->passes[p].op)))) { state_free(&s); goto out; }

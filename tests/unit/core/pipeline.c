@@ -14,6 +14,8 @@
 #include "mopt.h"
 #include "onnx.pb-c.h"
 
+static int g_nan_in_w1;   /* build_model puts a NaN into W1 when set */
+
 /* X[2,64] → MatMul W1[64,96] → Gemm(transB) W2[48,96] + B2[48] → MatMul C3[48,32] (Constant). */
 static uint8_t *build_model(size_t *len) {
   float *w1 = malloc(64 * 96 * 4), *w2 = malloc(48 * 96 * 4), *c3 = malloc(48 * 32 * 4), b2[48];
@@ -21,6 +23,7 @@ static uint8_t *build_model(size_t *len) {
   kt_gauss(w2, 48 * 96, 102, 2.0);             /* a larger scale: global pruning spares it */
   kt_gauss(c3, 48 * 32, 103, 0.5);
   kt_gauss(b2, 48, 104, 0.1);
+  if (g_nan_in_w1) w1[5] = NAN;
   int64_t d1[2] = {64, 96}, d2[2] = {48, 96}, d3[2] = {48, 32}, db[1] = {48};
   Onnx__TensorProto t1 = ONNX__TENSOR_PROTO__INIT, t2 = ONNX__TENSOR_PROTO__INIT,
                     t3 = ONNX__TENSOR_PROTO__INIT, tb = ONNX__TENSOR_PROTO__INIT;
@@ -440,6 +443,32 @@ static void fp16_and_decompose(void **st) {
   mopt_spec_free(&s);
 }
 
+static void nonfinite_weight_is_left_alone(void **st) {
+  (void)st;
+  g_nan_in_w1 = 1;
+  mopt_model *m = load(), *ref = load();
+  g_nan_in_w1 = 0;
+  mopt_spec s;
+  mopt_spec_init(&s);
+  s.passes[s.n_passes++] = P_prune(0.5);
+  s.passes[s.n_passes++] = P_quant(MOPT_DT_INT8, MOPT_GRAN_PER_CHANNEL);
+  char *rep = NULL;
+  assert_int_equal(run(m, &s, &rep), 0);
+  assert_non_null(strstr(rep, "skipped: NaN/Inf at element 5"));
+  float *v, *w;
+  assert_int_equal(mopt_weight_read_f32(m, find(m, "W1"), &v, NULL), 0);
+  assert_int_equal(mopt_weight_read_f32(ref, find(ref, "W1"), &w, NULL), 0);
+  assert_memory_equal(v, w, 64 * 96 * sizeof *v);      /* untouched, NaN included */
+  free(v); free(w);
+  assert_int_equal(mopt_weight_read_f32(m, find(m, "W2"), &v, NULL), 0);
+  assert_true(mopt_sparsity(v, 48 * 96) >= 0.5);         /* the others were optimized */
+  free(v);
+  free(rep);
+  mopt_model_destroy(m);
+  mopt_model_destroy(ref);
+  mopt_spec_free(&s);
+}
+
 typedef struct opcount { const char *op; uint64_t n; } opcount;
 static void count_op(const char *op, uint64_t n, void *ctx) {
   opcount *c = ctx;
@@ -498,6 +527,7 @@ int main(void) {
     cmocka_unit_test(cancel_and_refusals),
     cmocka_unit_test(fp16_and_decompose),
     cmocka_unit_test(dynamic_activations),
+    cmocka_unit_test(nonfinite_weight_is_left_alone),
   };
   return cmocka_run_group_tests_name("core/pipeline", tests, NULL, NULL);
 }
