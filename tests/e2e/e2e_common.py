@@ -13,9 +13,11 @@ ORT) at the cost of some speed; batching ORT keeps the node start-up cost to onc
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -69,6 +71,26 @@ def make_models(outdir, bad=False):
 
 def mopt_exists():
     return os.path.isfile(MOPT) and os.access(MOPT, os.X_OK)
+
+
+def pin_mopt(workdir):
+    """Copies the mopt binary into workdir and uses the copy from then on, so a rebuild of
+    build/mopt while a suite runs (others build in the same tree) cannot pull the file away
+    mid-run. Returns False when there is no binary."""
+    global MOPT
+    if not mopt_exists():
+        return False
+    dst = os.path.join(workdir, "mopt.pinned")
+    for _ in range(10):
+        try:
+            shutil.copy2(MOPT, dst)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        return False
+    MOPT = dst
+    return True
 
 
 def mopt(inp, out, spec, report=None, timeout=300, extra=()):

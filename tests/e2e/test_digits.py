@@ -60,7 +60,7 @@ def run(tap, work):
     inputs = os.path.join(mdir, "digits_mlp.inputs.json")
     tap.ok(meta["sklearn_test_accuracy"] >= 0.95, "sklearn digits MLP trains to >= 95%% test accuracy (%.2f%%)"
            % (100 * meta["sklearn_test_accuracy"]))
-    if not tap.ok(E.mopt_exists(), "mopt binary exists at %s" % E.MOPT):
+    if not tap.ok(E.pin_mopt(work), "mopt binary exists at %s (copied for this run)" % E.MOPT):
         return
     outs = []
     for i, (name, passes, _drop, _size) in enumerate(SPECS):
