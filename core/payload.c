@@ -606,12 +606,17 @@ static int enc_tensor(enc *e, const tent *t, uint64_t base_off) {
     size_t bl = enc_planes(e, e->tbuf, n, es, e->best);
     unsigned kind = K_RAW;
     if (bo != NO_BASE) {
+      /* a base reference costs its offset varint: count it so a chunk is never bigger than
+       * its RAW form (which keeps every delta ≤ the full payload of the same target) */
+      uint8_t vb[10];
+      size_t ref = put_varint(vb, zigzag((int64_t)(bo - e->bexp)));
       xor_into(e->xbuf, e->tbuf, e->bbuf, n);
-      size_t cl = enc_planes(e, e->xbuf, n, es, e->cand);
+      size_t cl = enc_planes(e, e->xbuf, n, es, e->cand) + ref;
       if (cl < bl) { swap_best(e); bl = cl; kind = K_XOR; }
       sub_zz(e->xbuf, e->tbuf, e->bbuf, n, es);
-      cl = enc_planes(e, e->xbuf, n, es, e->cand);
+      cl = enc_planes(e, e->xbuf, n, es, e->cand) + ref;
       if (cl < bl) { swap_best(e); bl = cl; kind = K_SUB; }
+      if (kind != K_RAW) bl -= ref;
     }
     enc_head(e, kind | lg << 3 | rot, n, kind == K_RAW ? NO_BASE : bo);
     wr_put(&e->w, e->best, bl);
