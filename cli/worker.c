@@ -170,8 +170,10 @@ int cli_worker(int argc, char **argv) {
   mopt_model_destroy(m);
   if (!rc && report) rc = cli_write_file_atomic(rep, report, strlen(report), &d);
   free(report);
+  if (!rc && g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "save", "cancelled by SIGTERM");
   if (rc) {
     unlink(out);
+    unlink(rep);
     return emit_error(rc, &d, CLI_INTERNAL);
   }
   struct stat st;
