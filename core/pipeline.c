@@ -30,6 +30,7 @@ typedef struct wstate {
   size_t n;
   float *vals, *orig;
   size_t nonfinite_at;       /* 1 + index of the first NaN/Inf: the tensor is skipped */
+  int touched;               /* a pass changed values (used when orig is not kept) */
   int pruned;
   /* clustered */
   int clustered;
@@ -247,6 +248,7 @@ static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *not
     break;
   }
   s->pruned = 1;
+  s->touched = 1;
   return after_value_change(s, note);
 }
 
@@ -306,6 +308,7 @@ static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
     free(bi);
   }
   s->clustered = 1;
+  s->touched = 1;
   s->k = k;
   s->caxis = axis;
   s->n_tables = nt;
@@ -635,7 +638,7 @@ static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
     enc = "float16";
     after = s->n * 2;
     snprintf(dt_after, sizeof dt_after, "float16");
-  } else if (memcmp(s->vals, s->orig, s->n * sizeof *s->vals) != 0) {
+  } else if (s->touched) {                     /* same decision with or without a report */
     rc = mopt_weight_set_dense(c->m, w, s->vals, c->diag);
     enc = "dense";
   }
@@ -702,7 +705,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     if (!selected(spec, w)) continue;
     wstate s;
     double t0 = now_ms();
-    if ((rc = decode(&c, w, &s, 1))) goto out;
+    if ((rc = decode(&c, w, &s, c.want_report))) goto out;
     rep.decode_ms += now_ms() - t0;
     mopt_rep_tensor *rt = NULL;
     uint64_t dist = 0;
