@@ -35,7 +35,7 @@
 #define OP_ROT 0x20u
 #define NO_BASE UINT64_MAX
 #define PREFIX_MAX (8u << 20)
-#define CHUNK_MAX (4u << 20)
+#define CHUNK_MAX (2u << 20)
 #define CHUNK_DEFAULT (1u << 20)
 #define SKEL_WLOG 23
 #define MIN_TENSOR 64u
@@ -634,7 +634,7 @@ static int check_opts(const mopt_payload_opts *o, mopt_diag *diag) {
     return mopt_diag_set(diag, MOPT_EINVAL, "level", "zstd level %d is outside 0..22", o->level);
   if (o->chunk_bytes && (o->chunk_bytes % 8 || o->chunk_bytes > CHUNK_MAX))
     return mopt_diag_set(diag, MOPT_EINVAL, "chunk_bytes",
-                         "chunk size %u must be a multiple of 8 and at most 4 MiB", o->chunk_bytes);
+                         "chunk size %u must be a multiple of 8 and at most 2 MiB", o->chunk_bytes);
   return 0;
 }
 

@@ -3,7 +3,7 @@
  * manifest check a device runs before it downloads anything.
  *
  * Main trade-off: the payload is a flat sequence of records that rebuild the target file front
- * to back, so apply needs one pass and bounded memory (≤ 4 MiB chunks + an 8 MiB skeleton
+ * to back, so apply needs one pass and bounded memory (≤ 2 MiB chunks + an 8 MiB skeleton
  * window + an 8 MiB dictionary), at the price of a second read of the payload to check its
  * SHA-256 before anything is written. Encoding may try several candidates per chunk (slower to
  * make, never bigger); decoding is always one cheap path.
@@ -36,7 +36,7 @@
  *   u8 op: bits 0-2 kind (0 GAP, 1 SAME, 2 RAW, 3 XOR, 4 SUB), bits 3-4 log2(elem_size)
  *          (elem_size 1, 2, 4, 8), bit 5 ROT, bits 6-7 zero. GAP has elem bits and ROT zero;
  *          ROT needs elem_size ≥ 2.
- *   varint out_len: target bytes produced (chunks: 1 byte .. 4 MiB, multiple of elem_size)
+ *   varint out_len: target bytes produced (chunks: 1 byte .. 2 MiB, multiple of elem_size)
  *   SAME/XOR/SUB: zigzag varint (base_off − expected), expected = end of the base range of the
  *          previous record that used one (0 at first); base range [base_off, base_off+out_len)
  *   RAW/XOR/SUB: elem_size × varint (size << 1 | stored), then elem_size plane payloads: stored
@@ -88,7 +88,7 @@
 
 typedef struct mopt_payload_opts {
   int32_t level;        /* zstd level of tensor planes; 0 = auto: 19 for targets ≤ 64 MiB, 3 above */
-  uint32_t chunk_bytes; /* chunk size, multiple of 8, ≤ 4 MiB; 0 = 1 MiB */
+  uint32_t chunk_bytes; /* chunk size, multiple of 8, ≤ 2 MiB; 0 = 1 MiB */
   int32_t opaque;       /* 1: do not look for tensors, treat the files as plain bytes */
 } mopt_payload_opts;
 
@@ -126,7 +126,8 @@ int mopt_payload_delta_file(const char *base_path, const char *target_path, cons
  * into a temp file next to out_path, checks its size and SHA-256, fsyncs and renames it into
  * place. base_path is required for a delta and ignored for a full payload (may be NULL).
  * On any error nothing exists at out_path that was not there before and no temp file remains.
- * Memory is bounded (about 24 MiB worst case) whatever the model size.
+ * Memory is bounded whatever the model size: at most an 8 MiB prefix, an 8 MiB skeleton window,
+ * four 2 MiB chunk buffers and 3 MiB of I/O buffers (about 28 MiB; ~9 MiB measured on 400 MB).
  * Returns 0; MOPT_EPAYLOAD (malformed, truncated, corrupted payload); MOPT_EDIGEST (wrong base:
  * the diag names the expected base SHA-256; or the output does not match the target digest);
  * MOPT_EINVAL (delta without base); MOPT_EIO; MOPT_ENOMEM. */
