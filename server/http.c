@@ -17,6 +17,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,12 +76,25 @@ typedef struct req_ctx {
 
 static _Thread_local req_ctx *free_list;
 static _Thread_local unsigned free_count;
+/* The key only exists for its destructor: it frees a pool thread's free list when the thread
+ * ends (MHD_stop_daemon), which _Thread_local alone would leak. */
+static pthread_key_t free_key;
+static pthread_once_t free_once = PTHREAD_ONCE_INIT;
+
+static void free_chain(void *head) {
+  for (req_ctx *rc = head, *next; rc; rc = next) {
+    next = rc->next_free;
+    free(rc);
+  }
+}
+static void free_key_init(void) { pthread_key_create(&free_key, free_chain); }
 
 static req_ctx *ctx_get(void) {
   req_ctx *rc = free_list;
   if (rc) {
     free_list = rc->next_free;
     free_count--;
+    pthread_setspecific(free_key, free_list);
   } else {
     rc = malloc(sizeof *rc);
     if (!rc) return NULL;
@@ -101,6 +115,7 @@ static void ctx_put(req_ctx *rc) {
   rc->next_free = free_list;
   free_list = rc;
   free_count++;
+  pthread_setspecific(free_key, free_list);
 }
 
 static void resp_release(api_response *r) {
@@ -549,6 +564,7 @@ int srv_http_start(const srv_config *cfg, api_ctx *ctx, srv_http **out, uint16_t
     }
   }
 
+  pthread_once(&free_once, free_key_init);
   srv_http *h = calloc(1, sizeof *h);
   if (!h) return MOPT_ENOMEM;
   h->ctx = ctx;
