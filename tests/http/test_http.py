@@ -6,6 +6,8 @@ in-flight requests finished on SIGTERM, and configuration (flags, env MOPTD_*, c
 import http.client
 import json
 import os
+import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -129,6 +131,62 @@ def test_many_concurrent_clients():
     eq(errors[:5], [], "client errors")
     eq(counts[0], 2000, "answered requests")
     print("# 2000 GETs from 50 keep-alive clients in %.2fs" % (time.time() - t0))
+
+
+def read_head(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = s.recv(4096)
+        if not b:
+            break
+        buf += b
+    return buf
+
+
+@test
+def test_expect_100_continue():
+    # curl sends "Expect: 100-continue" for bodies over 1 MiB: the server must say 100 (or
+    # refuse with the final status) before the body is sent
+    d = Daemon(args=["--max-model-bytes", "1000000"], tokens=[("admin", "tok-x", "a")], name="moptd-expect").start()
+    try:
+        data = make_mlp(seed=5, sizes=(128, 128, 8))
+        head = ("POST /v1/models?name=cont HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-x\r\n"
+                "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(data)).encode()
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        s.sendall(head)
+        got = read_head(s)
+        check(got.startswith(b"HTTP/1.1 100"), "no 100 Continue before the body: %r" % got[:100])
+        s.sendall(data)
+        rest = got.split(b"\r\n\r\n", 1)[1] + read_head(s)
+        check(rest.startswith(b"HTTP/1.1 201"), "after the body: %r" % rest[:100])
+        s.close()
+        for what, h in (("over the limit", head.replace(b"Content-Length: %d" % len(data), b"Content-Length: 5000000")),
+                        ("bad token", head.replace(b"tok-x", b"tok-y"))):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(h)
+            got = read_head(s)
+            check(re.match(rb"HTTP/1\.1 (413|401)", got), "%s with Expect: got %r (want the final refusal, no 100)"
+                  % (what, got[:100]))
+            s.close()
+        if shutil.which("curl"):
+            path = os.path.join(d.tmp, "m.onnx")
+            big = make_mlp(seed=6, sizes=(600, 500, 8))   # > 1 MiB: curl adds Expect
+            with open(path, "wb") as f:
+                f.write(big)
+            p = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer tok-x",
+                                "--data-binary", "@" + path, "-H", "Content-Type: application/octet-stream",
+                                "http://127.0.0.1:%d/v1/models?name=curl" % d.port], capture_output=True, timeout=30)
+            eq(p.stdout, b"413", "curl upload of %d bytes over a 1000000 limit (%r)" % (len(big), p.stderr))
+            small = make_mlp(seed=7, sizes=(300, 400, 8))
+            with open(path, "wb") as f:
+                f.write(small)
+            check(len(small) < 1000000, "model too big")
+            p = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer tok-x",
+                                "--data-binary", "@" + path, "http://127.0.0.1:%d/v1/models?name=curl" % d.port],
+                               capture_output=True, timeout=30)
+            eq(p.stdout, b"201", "curl upload (%r)" % p.stderr)
+    finally:
+        d.stop()
 
 
 @test

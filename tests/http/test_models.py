@@ -141,6 +141,66 @@ def test_content_length_over_limit_is_413_before_the_body():
 
 
 @test
+def test_concurrent_uploads_of_the_same_bytes():
+    import threading
+    d = D()
+    data = make_mlp(seed=31)
+    res = []
+    lock = threading.Lock()
+
+    def up():
+        r = d.upload(data, name="race")
+        with lock:
+            res.append((r.status, r.json.get("id") if r.status in (200, 201) else r.body[:200]))
+    ths = [threading.Thread(target=up) for _ in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(30)
+    statuses = sorted(s for s, _ in res)
+    eq(statuses, [200] * 7 + [201], "statuses of 8 concurrent identical uploads")
+    eq({i for _, i in res}, {"sha256:" + sha256_hex(data)}, "ids")
+    eq([m["id"] for m in d.all_models(name="race")], ["sha256:" + sha256_hex(data)], "rows")
+    eq(file_sha256(d.blob_path("sha256:" + sha256_hex(data))), sha256_hex(data), "blob")
+    eq(d.tmp_files(), [], "tmp/ after the race")
+
+
+@test
+def test_delete_racing_reupload_stays_consistent():
+    import threading
+    d = D()
+    data = make_mlp(seed=32)
+    mid = "sha256:" + sha256_hex(data)
+    for i in range(20):
+        expect(d.upload(data, name="flip"), (200, 201))
+        out = {}
+        t1 = threading.Thread(target=lambda: out.setdefault("del", d.delete("/v1/models/" + mid)))
+        t2 = threading.Thread(target=lambda: out.setdefault("up", d.upload(data, name="flip")))
+        t1.start()
+        t2.start()
+        t1.join(30)
+        t2.join(30)
+        check(out["del"].status in (204, 404), "delete: %r" % out["del"])
+        check(out["up"].status in (200, 201), "upload: %r" % out["up"])
+        g = d.get("/v1/models/" + mid)
+        c = d.get("/v1/models/%s/content" % mid)
+        if g.status == 200:
+            eq(c.status, 200, "round %d: model listed but content" % i)
+            check(c.body == data, "round %d: content differs" % i)
+        else:
+            eq((g.status, c.status), (404, 404), "round %d: model/content" % i)
+        # an acknowledged upload that was not followed by a delete must be readable
+        if out["up"].status in (200, 201) and g.status == 404:
+            # allowed only when the delete came after the upload was acknowledged; the upload
+            # must then be gone completely, blob included
+            check(not os.path.exists(d.blob_path(mid)), "round %d: row gone but blob kept" % i)
+    listed = {m["id"].split(":")[1] for m in d.all_models()}
+    blobs = {os.path.basename(k) for k in d.blob_files()}
+    eq(sorted(blobs - listed), [], "blob files with no model row")
+    eq(sorted(listed - blobs), [], "model rows with no blob file")
+
+
+@test
 def test_list_filters_by_name_and_paginates_with_cursor():
     d = D()
     ids = []
