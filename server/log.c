@@ -62,6 +62,20 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
   return len;
 }
 
+size_t srv_utf8_sanitize(char *s) {
+  unsigned char *u = (unsigned char *)s;
+  size_t n = strlen(s);
+  for (size_t i = 0; i < n;) {
+    size_t l = utf8_len(u + i, n - i);
+    if (l == 0) {
+      u[i++] = '?';
+      continue;
+    }
+    i += l;
+  }
+  return n;
+}
+
 size_t srv_json_escape(const char *s, size_t n, char *out, size_t cap) {
   static const char hex[] = "0123456789abcdef";
   const unsigned char *u = (const unsigned char *)s;

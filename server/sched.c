@@ -288,20 +288,27 @@ static void on_wall_timer(uv_timer_t *t) {
 }
 
 /* -------------------------------------------------------------- outcome ---- */
-static void set_error(worker *w, const char *code, const char *msg, const char *where) {
-  char tail[2048];
+static void set_error(worker *w, const char *code_in, const char *msg_in, const char *where_in) {
+  char tail[2048], code[64], msg[1024], where[256];
   tail_get(w, tail, sizeof tail);
+  snprintf(code, sizeof code, "%s", code_in ? code_in : "worker_failed");
+  snprintf(msg, sizeof msg, "%s", msg_in ? msg_in : "worker failed");
+  snprintf(where, sizeof where, "%s", where_in ? where_in : "");
+  srv_utf8_sanitize(tail);
+  srv_utf8_sanitize(code);
+  srv_utf8_sanitize(msg);
+  srv_utf8_sanitize(where);
   json_t *detail = json_object();
   json_object_set_new(detail, "exit_status",
                       w->term_signal ? json_null() : json_integer(w->exit_status));
   json_object_set_new(detail, "signal", w->term_signal ? json_integer(w->term_signal) : json_null());
-  json_object_set_new(detail, "stderr_tail", json_string(tail) ? json_string(tail)
-                                                               : json_string("(not UTF-8)"));
-  if (where && *where) json_object_set_new(detail, "where", json_string(where));
+  json_t *jt = json_string(tail);   /* NULL when the tail is not valid UTF-8 */
+  json_object_set_new(detail, "stderr_tail", jt ? jt : json_string("(stderr is not UTF-8)"));
+  if (*where) json_object_set_new(detail, "where", json_string(where));
   json_t *e = json_object();
   json_object_set_new(e, "code", json_string(code));
-  json_object_set_new(e, "message", json_string(msg) ? json_string(msg)
-                                                     : json_string("worker failed"));
+  json_t *jm = json_string(msg);
+  json_object_set_new(e, "message", jm ? jm : json_string("worker failed"));
   json_object_set_new(e, "detail", detail);
   free(w->error_json);
   w->error_json = json_dumps(e, JSON_COMPACT);

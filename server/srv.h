@@ -90,6 +90,9 @@ size_t srv_jbuf_end(srv_jbuf *j);
 /* Escapes s (n bytes) as a JSON string body into out (cap bytes incl. NUL); returns the
  * length written or (size_t)-1 if it did not fit. Invalid UTF-8 bytes become \u00XX. */
 size_t srv_json_escape(const char *s, size_t n, char *out, size_t cap);
+/* Replaces every byte that is not part of valid UTF-8 in the NUL-terminated s by '?', in place
+ * (a tail cut mid-character stays usable as a JSON string). Returns strlen(s). */
+size_t srv_utf8_sanitize(char *s);
 /* RFC 3339 UTC with milliseconds: "2026-11-27T23:10:00.123Z" (buf >= 25 bytes). */
 void srv_time_rfc3339(int64_t unix_ms, char *buf, size_t n);
 int64_t srv_now_ms(void);       /* wall clock, unix ms */

@@ -33,6 +33,19 @@ static void test_escape(void **state) {
   assert_true(srv_json_escape("\"", 1, tiny, 2) == (size_t)-1);
 }
 
+static void test_utf8_sanitize(void **state) {
+  (void)state;
+  char a[] = "ok \xc3\xa9 \xe2\x82";   /* é, then a euro sign cut after two bytes */
+  assert_int_equal(srv_utf8_sanitize(a), 8);
+  assert_string_equal(a, "ok \xc3\xa9 ??");
+  char b[] = "\xa9tail";                 /* continuation byte at the start of a ring tail */
+  srv_utf8_sanitize(b);
+  assert_string_equal(b, "?tail");
+  json_t *v = json_string(a);
+  assert_non_null(v);                     /* jansson accepts it now */
+  json_decref(v);
+}
+
 static void test_jbuf_line(void **state) {
   (void)state;
   char buf[256];
@@ -122,6 +135,7 @@ static void test_levels(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_escape),
+    cmocka_unit_test(test_utf8_sanitize),
     cmocka_unit_test(test_jbuf_line),
     cmocka_unit_test(test_jbuf_overflow),
     cmocka_unit_test(test_rfc3339),
