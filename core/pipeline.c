@@ -202,6 +202,53 @@ static void note_set(char *note, const char *msg) {
   if (note && !note[0]) snprintf(note, 96, "%s", msg);
 }
 
+/* After pruning a clustered tensor: every table gets an exact 0.0 entry (an existing one, a
+ * padding slot, or one more entry when k < 256) and pruned elements point at it, so the LUT
+ * survives. Returns 0, or 1 when there is no room (k == 256 and a table is full). */
+static int keep_zero_entry(wstate *s) {
+  size_t k = (size_t)s->k, nt = s->n_tables;
+  int grow = 0;
+  for (size_t t = 0; t < nt && !grow; t++) {
+    const float *tab = s->table + t * k;
+    int room = 0;
+    for (size_t j = 0; j < k && !room; j++) room = tab[j] == 0.0f || (j > 0 && tab[j] == tab[j - 1]);
+    if (!room) grow = 1;
+  }
+  if (grow) {
+    if (k >= 256) return 1;
+    float *nt_tab = malloc(nt * (k + 1) * sizeof *nt_tab);
+    if (!nt_tab) return 1;
+    for (size_t t = 0; t < nt; t++) {
+      memcpy(nt_tab + t * (k + 1), s->table + t * k, k * sizeof *nt_tab);
+      nt_tab[t * (k + 1) + k] = nt_tab[t * (k + 1) + k - 1];   /* a padding slot */
+    }
+    free(s->table);
+    s->table = nt_tab;
+    s->k = (int32_t)++k;
+  }
+  size_t *zi = malloc(nt * sizeof *zi);
+  if (!zi) return 1;
+  size_t inner = 1;
+  if (s->caxis >= 0)
+    for (int32_t a = s->caxis + 1; a < s->w->ndim; a++) inner *= (size_t)s->w->dims[a];
+  for (size_t t = 0; t < nt; t++) {
+    float *tab = s->table + t * k;
+    size_t z = k;
+    for (size_t j = 0; j < k && z == k; j++)
+      if (tab[j] == 0.0f) z = j;
+    for (size_t j = 1; j < k && z == k; j++)
+      if (tab[j] == tab[j - 1]) { tab[j] = 0.0f; z = j; }  /* padding is never pointed at */
+    zi[t] = z;
+  }
+  for (size_t i = 0; i < s->n; i++) {
+    if (s->vals[i] != 0.0f) continue;
+    size_t t = s->caxis < 0 ? 0 : (i / inner) % nt;
+    if (s->table[t * k + s->idx[i]] != 0.0f) s->idx[i] = (uint8_t)zi[t];
+  }
+  free(zi);
+  return 0;
+}
+
 static int after_value_change(wstate *s, char *note) {
   if (s->quantized)
     mopt_quantize_apply(s->vals, &s->ql, s->qtype, s->scales, s->zps, s->q, s->vals);
@@ -209,9 +256,9 @@ static int after_value_change(wstate *s, char *note) {
     s->clamped += mopt_fp16_convert(s->vals, s->n, s->halves);
     for (size_t i = 0; i < s->n; i++) s->vals[i] = mopt_f16_to_f32(s->halves[i]);
   }
-  if (s->clustered) {
+  if (s->clustered && keep_zero_entry(s) != 0) {
     drop_cluster(s);
-    note_set(note, "centroid table dropped: values re-pruned after clustering");
+    note_set(note, "centroid table dropped: 256 centroids leave no room for the zero");
   }
   return 0;
 }

@@ -285,6 +285,34 @@ static void chain_keeps_structure(void **st) {
   }
 }
 
+static void prune_after_cluster_keeps_lut(void **st) {
+  (void)st;
+  for (int pc = 0; pc < 2; pc++) {
+    mopt_spec s;
+    mopt_spec_init(&s);
+    s.passes[s.n_passes] = P_cluster(16);
+    s.passes[s.n_passes++].granularity = pc ? MOPT_GRAN_PER_CHANNEL : MOPT_GRAN_PER_TENSOR;
+    s.passes[s.n_passes++] = P_prune(0.5);
+    mopt_model *m = load();
+    char *rep = NULL;
+    assert_int_equal(run(m, &s, &rep), 0);
+    assert_null(strstr(rep, "dropped"));
+    int luts = 0;
+    for (const char *p = rep; (p = strstr(p, "\"encoding\":\"lut\"")); p++) luts++;
+    assert_int_equal(luts, 3);                  /* the tables survived with a zero entry */
+    const mopt_weight *w = find(m, "W1");
+    float *v;
+    assert_int_equal(mopt_weight_read_f32(m, w, &v, NULL), 0);
+    assert_true(mopt_sparsity(v, w->nelem) >= 0.5);
+    if (!pc) assert_true(mopt_count_distinct(v, w->nelem) <= 17);
+    assert_int_equal(rep_distinct(rep, "W1"), mopt_count_distinct(v, w->nelem));
+    free(v);
+    free(rep);
+    mopt_model_destroy(m);
+    mopt_spec_free(&s);
+  }
+}
+
 static void global_vs_per_tensor(void **st) {
   (void)st;
   for (int global = 0; global < 2; global++) {
@@ -525,6 +553,7 @@ int main(void) {
     cmocka_unit_test(deterministic_output),
     cmocka_unit_test(chain_keeps_structure),
     cmocka_unit_test(global_vs_per_tensor),
+    cmocka_unit_test(prune_after_cluster_keeps_lut),
     cmocka_unit_test(selection_and_zero_passes),
     cmocka_unit_test(cancel_and_refusals),
     cmocka_unit_test(fp16_and_decompose),
