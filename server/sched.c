@@ -56,6 +56,7 @@ typedef struct worker {
   int64_t exit_status;
   int term_signal;
   int pending;               /* exit + 2 EOFs still to come */
+  int exited;                /* the process is gone (and reaped: its pid may be reused) */
   int handles_open;
   int64_t started_us;
   double last_progress;
@@ -263,11 +264,18 @@ static void on_stderr(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
 }
 
 /* ----------------------------------------------------------------- kills ---- */
+/* Signals the worker's whole process group (it leads its own session, see spawn), so anything
+ * it started goes too. Never after exit: the pid may already belong to someone else. */
+static void worker_signal(worker *w, int sig) {
+  if (w->exited) return;
+  if (kill(-w->proc.pid, sig) != 0) uv_process_kill(&w->proc, sig);
+}
+
 static void on_kill_timer(uv_timer_t *t) {
   worker *w = t->data;
-  if (w->pending > 0 && !w->sent_kill) {
+  if (!w->exited && !w->sent_kill) {
     w->sent_kill = 1;
-    uv_process_kill(&w->proc, SIGKILL);
+    worker_signal(w, SIGKILL);
   }
 }
 
@@ -277,7 +285,7 @@ static void worker_stop(worker *w, int reason, uint64_t kill_after_ms) {
     return;
   }
   w->kill_reason = reason;
-  uv_process_kill(&w->proc, SIGTERM);
+  worker_signal(w, SIGTERM);
   uv_timer_start(&w->timer, on_kill_timer, kill_after_ms, 0);
 }
 
@@ -458,6 +466,7 @@ static void finish_if_done(worker *w) {
 
 static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal) {
   worker *w = p->data;
+  w->exited = 1;
   w->exit_status = exit_status;
   w->term_signal = term_signal;
   w->pending--;
@@ -536,6 +545,9 @@ static void spawn(srv_sched *s, store_job *j) {
   opt.args = args;
   opt.stdio_count = 3;
   opt.stdio = stdio;
+  /* Own session and process group: a Ctrl-C on the daemon's terminal must not reach workers
+   * (shutdown stops them itself and re-queues their jobs). */
+  opt.flags = UV_PROCESS_DETACHED;
   w->started_us = srv_mono_us();
   int e = uv_spawn(&s->loop, &w->proc, &opt);
   if (e != 0) {
@@ -587,7 +599,7 @@ static void pump(srv_sched *s) {
 /* ------------------------------------------------------------ cancel/stop ---- */
 static void cancel_job(srv_sched *s, const char *job) {
   for (worker *w = s->workers; w; w = w->next)
-    if (strcmp(w->job, job) == 0 && w->pending > 0) {
+    if (strcmp(w->job, job) == 0 && !w->exited) {
       job_log(SRV_LOG_INFO, "job_cancelling", w, NULL, NULL, "pid", w->proc.pid);
       worker_stop(w, KILL_CANCEL, CANCEL_KILL_MS);
     }
@@ -622,7 +634,7 @@ static void on_async(uv_async_t *a) {
   if (stop && !s->stopping) {
     s->stopping = 1;
     for (worker *w = s->workers; w; w = w->next)
-      if (w->pending > 0) worker_stop(w, KILL_SHUTDOWN, TERM_KILL_MS);
+      if (!w->exited) worker_stop(w, KILL_SHUTDOWN, TERM_KILL_MS);
   }
   if (!s->stopping) pump(s);
   maybe_finish_stop(s);
@@ -639,7 +651,7 @@ static void on_tick(uv_timer_t *t) {
   if (s->ticks % 5 == 0) {   /* every 500 ms: cancel requests made without the hook */
     store_conn *c = store_conn_get(s->ctx->st);
     for (worker *w = s->workers; c && w; w = w->next) {
-      if (w->pending <= 0 || w->kill_reason) continue;
+      if (w->exited || w->kill_reason) continue;
       store_job j;
       memset(&j, 0, sizeof j);
       if (store_job_get(c, w->job, &j) == 0 && j.cancel_requested) cancel_job(s, w->job);
