@@ -60,6 +60,8 @@ LAYERS = {
     "cnn": [("conv1", "Conv", 0, 1, "conv", "Wc1"), ("conv2", "Conv", 1, 1, "conv", "Wc2"), ("fc", "Gemm", 0, 1, "nk", "Wf")],
     "matmul_transposed": [("matmul", "MatMul", 0, 1, "kn", "Wt")],
     "embedding": [("embed", "Gather", 0, 0, "nk", "E"), ("proj", "MatMul", 0, 1, "kn", "Wp")],
+    "fp16_overflow": [("matmul", "MatMul", 0, 1, "kn", "W")],
+    "typed_more": [("matmul1", "MatMul", 0, 1, "kn", "Wh"), ("matmul2", "MatMul", 1, 1, "kn", "Wb")],
 }
 
 # case: id -> (model, passes, checks). checks are names of functions below with arguments.
@@ -161,6 +163,17 @@ case("c16_const_mlp", "const_mlp", [C(16, "lut")], 0.98, 0.30, report_names=["W1
 case("fp16_lstm", "lstm", [FP16], 0.9999, 0.53)        # 1.0, 0.513
 case("c16_cnn", "cnn", [C(16, "lut")], 0.985, 0.34)    # 0.9934, 0.319
 case("p_2_4_cnn", "cnn", [P(0.5, "2:4")], 0.80, 1.02)  # 0.887
+# fp16 clamping, float16 in int32_data, bfloat16, decompose on Gemm
+# (no output bound: clamping 1e6 to 65504 changes the output by design; the weights are checked)
+case("fp16_overflow", "fp16_overflow", [FP16], None, 0.53, weights=[("fp16_exact", None)],
+     report_field=("W", "fp16_clamped", 6), finite=True)
+case("q_int8_pc_typed_more", "typed_more", [Q("int8", "per_channel")], 0.9995, None,
+     weights=[("distinct_per_channel", 255), ("report_matches", None)],
+     report_dtypes={"Wh": "float16", "Wb": "bfloat16"})
+case("c16_typed_more", "typed_more", [C(16, "lut")], 0.98, None,  # 0.988
+     weights=[("distinct_per_tensor", 16)])
+case("decompose_e95_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "energy": 0.95}], 0.999, 0.14)  # 0.99992, 0.123
+case("decompose_rank8_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "rank": 8}], 0.999, 0.14)
 # selection: include/exclude globs and min_elements
 case("sel_exclude_W2", "mlp", [Q("int8", "per_channel")], 0.9995, None, select={"exclude": ["W2"]},
      weights=[("unchanged", ["gemm2"]), ("changed", ["gemm1", "gemm3"])])
@@ -311,7 +324,8 @@ def check_weights(kind, arg, eff, orig, layers, ctx):
             msgs.append("%s zero channels %d/%d (want %d), smallest-%s: %s" % (node, nzc, C_, exp, norm, right))
             ok &= abs(nzc - exp) <= 1 and right
         elif kind == "fp16_exact":
-            ref = o.astype(np.float16).astype(np.float32)
+            # values beyond the float16 range are clamped to +-65504, never inf
+            ref = np.clip(o, -65504.0, 65504.0).astype(np.float16).astype(np.float32)
             bad = int((w != ref).sum())
             msgs.append("%s values != fp16(orig): %d" % (node, bad))
             ok &= bad == 0
@@ -565,6 +579,8 @@ def run(tap, work):
                     tap.note("MEASURE %s %s cosine %.6f rel_err %.5f" % (cid, vname, cs, re_))
                 tap.ok(cs >= c["cos_min"], "%s: output cosine >= %g vs original (%s inputs)" % (cid, c["cos_min"], vname),
                        "cosine %.6f, relative L2 error %.5f" % (cs, re_))
+        if c["extra"].get("finite"):
+            tap.ok(all(np.isfinite(v).all() for v in r["outputs"].values()), "%s: outputs are finite (no inf from fp16)" % cid)
         isz, osz = os.path.getsize(inp), os.path.getsize(out)
         ratio = osz / isz
         if MEASURE:
@@ -629,6 +645,16 @@ def run(tap, work):
             tap.ok(tot.get("file_bytes_before") == isz and tot.get("file_bytes_after") == osz,
                    "%s: report totals.file_bytes_before/after match the files" % cid,
                    "report %s/%s, files %d/%d" % (tot.get("file_bytes_before"), tot.get("file_bytes_after"), isz, osz))
+            rf = c["extra"].get("report_field")
+            if rf:
+                ents = {e.get("name"): e for e in report.get("tensors", [])}
+                got = (ents.get(rf[0]) or {}).get(rf[1])
+                tap.ok(got == rf[2], "%s: report %s.%s == %r" % (cid, rf[0], rf[1], rf[2]), "got %r" % (got,))
+            rd = c["extra"].get("report_dtypes")
+            if rd:
+                ents = {e.get("name"): e for e in report.get("tensors", [])}
+                got = {n: (ents.get(n) or {}).get("dtype_before") for n in rd}
+                tap.ok(got == rd, "%s: report dtype_before %s" % (cid, rd), "got %s" % got)
             names = c["extra"].get("report_names_sparse")
             if names:
                 ents = {e.get("name"): e for e in report.get("tensors", [])}

@@ -56,8 +56,11 @@ def inputs_json(feeds):
     out = {}
     for k, v in feeds.items():
         v = np.asarray(v)
-        out[k] = {"dtype": str(v.dtype), "shape": list(v.shape),
-                  "data": v.reshape(-1).tolist()}
+        if v.dtype == np.float32:   # shortest repr that reads back as the same float32
+            data = [float(str(x)) for x in v.reshape(-1)]
+        else:
+            data = v.reshape(-1).tolist()
+        out[k] = {"dtype": str(v.dtype), "shape": list(v.shape), "data": data}
     return out
 
 
@@ -326,6 +329,63 @@ def make_typed_fields(outdir):
          "tensors in typed fields: float_data (W [64,32], b), double_data (W2d [32,64] + Cast), int64_data (shape)")
 
 
+# ------------------------------------------------------------------ fp16 range, bf16, fp16 in int32_data ----
+def make_fp16_overflow(outdir):
+    """MatMul weight with 6 values outside the float16 range (|v| > 65504): fp16 must clamp them."""
+    W = w(91, (64, 32))
+    W[0, 0], W[1, 5], W[10, 7] = 1e5, -2e5, 7e4
+    W[20, 3], W[30, 30], W[63, 31] = -1e6, 65520.0, 3e38
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul")]
+    g = helper.make_graph(nodes, "fp16_overflow", [vi("x", TensorProto.FLOAT, ["N", 64])],
+                          [vi("y", TensorProto.FLOAT, ["N", 32])], [init("W", W)])
+    save(outdir, "fp16_overflow", mk(g, 13), {"x": x_input(109, 4, 64)}, [("W", "initializer", "MatMul")],
+         "MatMul weight with 6 values beyond the float16 range (1e5, -2e5, 7e4, -1e6, 65520, 3e38)")
+
+
+def make_typed_more(outdir):
+    """float16 weight in int32_data (typed field) and a bfloat16 weight in raw_data, each Cast to
+    float32 in front of a MatMul."""
+    Wh = w(95, (64, 64)).astype(np.float16)
+    # make_tensor turns float values into float16 bit patterns stored in int32_data
+    Wht = helper.make_tensor("Wh", TensorProto.FLOAT16, Wh.shape, Wh.astype(np.float32).reshape(-1).tolist(), raw=False)
+    assert not Wht.raw_data and len(Wht.int32_data) == Wh.size
+    assert np.array_equal(numpy_helper.to_array(Wht), Wh)
+    Wb = w(96, (64, 32))
+    bits = (Wb.view(np.uint32) + 0x7FFF + ((Wb.view(np.uint32) >> 16) & 1)) >> 16   # round to nearest even
+    Wbt = TensorProto(name="Wb", data_type=TensorProto.BFLOAT16, dims=list(Wb.shape),
+                      raw_data=bits.astype("<u2").tobytes())
+    nodes = [helper.make_node("Cast", ["Wh"], ["Whf"], name="cast_wh", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "Whf"], ["m1"], name="matmul1"),
+             helper.make_node("Relu", ["m1"], ["a1"], name="relu1"),
+             helper.make_node("Cast", ["Wb"], ["Wbf"], name="cast_wb", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["a1", "Wbf"], ["y"], name="matmul2")]
+    g = helper.make_graph(nodes, "typed_more", [vi("x", TensorProto.FLOAT, ["N", 64])],
+                          [vi("y", TensorProto.FLOAT, ["N", 32])], [Wht, Wbt])
+    save(outdir, "typed_more", mk(g, 13), {"x": x_input(110, 8, 64)},
+         [("Wh", "initializer", "MatMul"), ("Wb", "initializer", "MatMul")],
+         "float16 weight in int32_data + bfloat16 weight in raw_data, both Cast to float32 before MatMul")
+
+
+def make_lowrank_gemm(outdir):
+    """Gemm layers (transB=1 then transB=0) whose weights are rank 8 + 1% noise (decompose on Gemm)."""
+    def lowrank(seed, r, c, rank=8):
+        rr = rng(seed)
+        m = rr.standard_normal((r, rank)).astype(np.float32) @ rr.standard_normal((rank, c)).astype(np.float32)
+        m = m / np.float32(np.sqrt(rank * c))
+        return (m + rr.standard_normal((r, c)).astype(np.float32) * np.float32(0.01 * m.std())).astype(np.float32)
+    W1, W2 = lowrank(97, 256, 128), lowrank(98, 256, 64)   # W1 [N=256, K=128] transB=1; W2 [K=256, N=64]
+    b1, b2 = w(99, (256,), 0.05), w(100, (64,), 0.05)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], name="gemm1", transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("Gemm", ["a1", "W2", "b2"], ["y"], name="gemm2", transB=0)]
+    g = helper.make_graph(nodes, "lowrank_gemm", [vi("x", TensorProto.FLOAT, ["N", 128])],
+                          [vi("y", TensorProto.FLOAT, ["N", 64])],
+                          [init("W1", W1), init("b1", b1), init("W2", W2), init("b2", b2)])
+    save(outdir, "lowrank_gemm", mk(g, 13), {"x": x_input(111, 8, 128)},
+         [("W1", "initializer", "Gemm"), ("W2", "initializer", "Gemm")],
+         "Gemm 128-256-64 (transB=1, transB=0) with rank-8 + 1% noise weights (decompose on Gemm)")
+
+
 # ------------------------------------------------------------------ sklearn digits MLP ----
 DIGITS_HIDDEN = (256, 128)
 
@@ -389,6 +449,9 @@ def main():
     make_embedding(outdir)
     make_fp16_weights(outdir)
     make_typed_fields(outdir)
+    make_fp16_overflow(outdir)
+    make_typed_more(outdir)
+    make_lowrank_gemm(outdir)
     make_digits(outdir)
     with open(os.path.join(outdir, "models.json"), "w") as f:
         json.dump(MANIFEST, f, indent=1, sort_keys=True)
