@@ -303,31 +303,51 @@ static int load_file(srv_config *cfg, const char *path, char *err, size_t errn) 
   return rc;
 }
 
+/* Prints text wrapped at about 92 columns, each line indented by indent spaces. */
+static void wrap(FILE *out, const char *text, int indent) {
+  const int width = 92;
+  const char *p = text;
+  while (*p) {
+    int room = width - indent;
+    int n = (int)strlen(p);
+    if (n > room) {
+      n = room;
+      while (n > 0 && p[n] != ' ') n--;
+      if (n == 0) n = room;
+    }
+    fprintf(out, "%*s%.*s\n", indent, "", n, p);
+    p += n;
+    while (*p == ' ') p++;
+  }
+}
+
 void srv_config_help(FILE *out) {
   fprintf(out,
           "usage: moptd [--listen HOST:PORT] [--data DIR] [--workers N] [--tokens FILE] "
-          "[--config FILE] [OPTION VALUE]...\n"
+          "[--config FILE] [--OPTION VALUE]...\n"
           "moptd serves the model-optimization REST API (see openapi.yaml).\n"
-          "Sources, later wins: defaults < config file < environment < flags.\n\n");
+          "Every option can be given as a flag (--name VALUE or --name=VALUE, '-' or '_'), an\n"
+          "environment variable, or a config-file line \"name = value\" (name with '_').\n"
+          "Later sources win: defaults < config file < environment < flags.\n\n");
   for (size_t i = 0; i < N_OPTIONS; i++) {
     const srv_option *o = &options[i];
-    char fl[64], bounds[96] = "";
-    const char *type = "string";
+    char fl[64], type[96];
     flagname(o, fl, sizeof fl);
     switch (o->type) {
-    case OPT_STR: type = "string"; break;
-    case OPT_LISTEN: type = "HOST:PORT"; break;
-    case OPT_LEVEL: type = "level"; break;
-    case OPT_U32: type = "integer"; break;
-    case OPT_BYTES: type = "bytes"; break;
+    case OPT_STR: snprintf(type, sizeof type, "TEXT"); break;
+    case OPT_LISTEN: snprintf(type, sizeof type, "HOST:PORT"); break;
+    case OPT_LEVEL: snprintf(type, sizeof type, "debug|info|warn|error"); break;
+    case OPT_U32:
+      snprintf(type, sizeof type, "N (%" PRIu64 "..%" PRIu64 ")", o->min, o->max);
+      break;
+    case OPT_BYTES:
+      snprintf(type, sizeof type, "BYTES (%" PRIu64 "..%" PRIu64 ")", o->min, o->max);
+      break;
     }
-    if (o->type == OPT_U32 || o->type == OPT_BYTES)
-      snprintf(bounds, sizeof bounds, " [%" PRIu64 "..%" PRIu64 "]", o->min, o->max);
-    fprintf(out, "  %-22s %-8s %s%s\n      env %s, config key %s, default \"%s\"\n      %s\n",
-            fl, type, o->type == OPT_LEVEL ? "debug|info|warn|error" : "", bounds, o->env,
-            o->name, o->def, o->help);
+    fprintf(out, "  %s %s\n      env %s, default \"%s\"\n", fl, type, o->env, o->def);
+    wrap(out, o->help, 6);
   }
-  fprintf(out, "  %-22s print this table and exit\n", "--help");
+  fprintf(out, "  --help\n      print this table and exit\n");
 }
 
 static const char *real_getenv(const char *name) { return getenv(name); }
