@@ -198,6 +198,25 @@ static const char *const migrations[] = {
     "  created INTEGER NOT NULL,"
     "  UNIQUE (name, channel, version));"
     "CREATE INDEX releases_model ON releases(model);",
+    /* 2 → 3: OTA payloads (issue 4). One row per (kind, base, target): the unique index is
+     * what makes "compute once" hold under concurrent requests (ifnull because a UNIQUE
+     * index treats NULLs as distinct). No foreign keys on base/target: a payload row must not
+     * block deleting a model that is no longer released; its blob stays immutable. */
+    "CREATE TABLE payloads ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('full','delta')),"
+    "  base TEXT,"
+    "  target TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','ready','failed')),"
+    "  digest TEXT,"
+    "  size INTEGER,"
+    "  error TEXT,"
+    "  created INTEGER NOT NULL,"
+    "  finished INTEGER,"
+    "  CHECK ((kind = 'full') = (base IS NULL)));"
+    "CREATE UNIQUE INDEX payloads_key ON payloads(kind, ifnull(base, ''), target);"
+    "CREATE INDEX payloads_state ON payloads(state, seq);"
+    "CREATE INDEX payloads_digest ON payloads(digest);",
 };
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
                "one migration per schema version");

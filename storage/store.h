@@ -160,4 +160,70 @@ int store_job_counts(store_conn *c, uint64_t counts[5]);
  * the server; storage only hashes. */
 void store_token_hash(const char *token, char hex[65]);
 
+/* ---------------------------------------------------------------- releases ---- */
+/* A release publishes a model on (name, channel). Every publish appends a row: the version
+ * is 1 + the highest version of that (name, channel), so it only ever grows, even when an
+ * older model is published again (a rollback). A released model cannot be deleted. */
+typedef struct store_release {
+  char name[128];
+  char channel[64];
+  uint64_t version;          /* 1, 2, … per (name, channel) */
+  char model[72];
+  int64_t created;           /* unix ms */
+} store_release;
+
+/* Appends a release of model on (name, channel) in one write transaction and returns it in
+ * *out. MOPT_ENOTFOUND when model is not indexed, MOPT_EINVAL on empty arguments. */
+int store_release_publish(store_conn *c, const char *name, const char *channel,
+                          const char *model, store_release *out);
+/* History of (name, channel), newest (current) first, at most limit rows into out; *n rows.
+ * *n = 0 (and 0 returned) when nothing was ever published there. */
+int store_release_history(store_conn *c, const char *name, const char *channel, uint32_t limit,
+                          store_release *out, uint32_t *n);
+/* The current release of (name, channel); MOPT_ENOTFOUND when none. */
+int store_release_current(store_conn *c, const char *name, const char *channel,
+                          store_release *out);
+/* The current release of every (name, channel), ordered by name then channel, at most limit
+ * into out; *n rows. */
+int store_release_list(store_conn *c, uint32_t limit, store_release *out, uint32_t *n);
+
+/* ---------------------------------------------------------------- payloads ---- */
+/* OTA payloads (core/payload.h) computed from models: kind "full" (base "") or "delta"
+ * (base = the model the device has). One row per (kind, base, target), enforced by a unique
+ * index, so a payload is computed once however many requests ask for it. The bytes are a
+ * blob (digest); the payload's public id is "sha256:<digest>". */
+typedef enum { STORE_PAYLOAD_PENDING = 0, STORE_PAYLOAD_READY = 1,
+               STORE_PAYLOAD_FAILED = 2 } store_payload_state;
+const char *store_payload_state_name(int state);   /* "pending", "ready", "failed" */
+
+typedef struct store_payload {
+  int64_t seq;               /* row id (task key) */
+  char kind[8];              /* "full" | "delta" */
+  char base[72];             /* model id, "" for full */
+  char target[72];           /* model id */
+  int state;                 /* store_payload_state */
+  char digest[65];           /* blob hex, "" until ready */
+  uint64_t size;             /* bytes, 0 until ready */
+  char error[256];           /* why it failed, "" otherwise */
+  int64_t created, finished; /* unix ms (finished 0 while pending) */
+} store_payload;
+
+/* Makes sure a row for (kind, base, target) exists (INSERT OR IGNORE: concurrent callers get
+ * the same row) and returns it in *out; *created = 1 when this call inserted it (may be
+ * NULL). kind "full" needs base NULL or "", "delta" a base different from target.
+ * MOPT_EINVAL on bad arguments, MOPT_ENOTFOUND when target (or base) is not indexed. */
+int store_payload_request(store_conn *c, const char *kind, const char *base, const char *target,
+                          store_payload *out, int *created);
+/* The row for (kind, base, target); MOPT_ENOTFOUND when there is none. */
+int store_payload_get(store_conn *c, const char *kind, const char *base, const char *target,
+                      store_payload *out);
+/* A ready payload by its blob digest (64 hex); MOPT_ENOTFOUND when none is ready. */
+int store_payload_by_digest(store_conn *c, const char *digest, store_payload *out);
+/* Pending rows, oldest first, at most limit; *n rows. */
+int store_payload_pending(store_conn *c, uint32_t limit, store_payload *out, uint32_t *n);
+/* pending → ready with the published blob's digest and size; pending → failed with a
+ * message. MOPT_ECONFLICT when the row is not pending, MOPT_ENOTFOUND when absent. */
+int store_payload_ready(store_conn *c, int64_t seq, const char *digest, uint64_t size);
+int store_payload_fail(store_conn *c, int64_t seq, const char *error);
+
 #endif

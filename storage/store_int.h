@@ -17,7 +17,7 @@
 #include "store.h"
 
 /* Latest schema version this build knows (PRAGMA user_version after migrations). */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 /* Columns read by store_job_from_row(), in this order. */
 #define STORE_JOB_COLS \
@@ -27,6 +27,12 @@
 #define STORE_MODEL_COLS \
   "id, name, version, size, format, ir_version, opsets, node_count, weight_count, " \
   "param_count, created, parent, job"
+
+/* Columns of releases / payloads rows, read by release.c in this order. */
+#define STORE_REL_COLS "name, channel, version, model, created"
+#define STORE_PAY_COLS \
+  "seq, kind, ifnull(base,''), target, state, ifnull(digest,''), ifnull(size,0), " \
+  "ifnull(error,''), created, ifnull(finished,0)"
 
 /* Every statement the storage module runs. Lists take the cursor as (created, seq) and use
  * (INT64_MAX, INT64_MAX) for the first page so the row-value range stays index-friendly. */
@@ -106,7 +112,33 @@
     "WHERE state=1 AND cancel_requested=0") \
   X(ST_JOB_CANCEL_ORPHANS, \
     "UPDATE jobs SET state=4, finished=?1, rev=rev+1 WHERE state=1 AND cancel_requested=1") \
-  X(ST_JOB_COUNTS, "SELECT state, COUNT(*) FROM jobs GROUP BY state")
+  X(ST_JOB_COUNTS, "SELECT state, COUNT(*) FROM jobs GROUP BY state") \
+  X(ST_REL_MAXVER, "SELECT COALESCE(MAX(version),0) FROM releases WHERE name=?1 AND channel=?2") \
+  X(ST_REL_INSERT, \
+    "INSERT INTO releases(name, channel, version, model, created) VALUES(?1,?2,?3,?4,?5)") \
+  X(ST_REL_HISTORY, \
+    "SELECT " STORE_REL_COLS " FROM releases WHERE name=?1 AND channel=?2 " \
+    "ORDER BY version DESC LIMIT ?3") \
+  X(ST_REL_LIST, \
+    "SELECT " STORE_REL_COLS " FROM releases r WHERE version=(SELECT MAX(version) FROM " \
+    "releases WHERE name=r.name AND channel=r.channel) ORDER BY name, channel LIMIT ?1") \
+  X(ST_PAY_INSERT, \
+    "INSERT OR IGNORE INTO payloads(kind, base, target, state, created) " \
+    "VALUES(?1,?2,?3,'pending',?4)") \
+  X(ST_PAY_GET, \
+    "SELECT " STORE_PAY_COLS " FROM payloads WHERE kind=?1 AND ifnull(base,'')=?2 " \
+    "AND target=?3") \
+  X(ST_PAY_BY_DIGEST, \
+    "SELECT " STORE_PAY_COLS " FROM payloads WHERE digest=?1 AND state='ready' " \
+    "ORDER BY seq LIMIT 1") \
+  X(ST_PAY_PENDING, \
+    "SELECT " STORE_PAY_COLS " FROM payloads WHERE state='pending' ORDER BY seq LIMIT ?1") \
+  X(ST_PAY_READY, \
+    "UPDATE payloads SET state='ready', digest=?2, size=?3, finished=?4, error=NULL " \
+    "WHERE seq=?1 AND state='pending'") \
+  X(ST_PAY_FAIL, \
+    "UPDATE payloads SET state='failed', error=?2, finished=?3 WHERE seq=?1 AND state='pending'") \
+  X(ST_PAY_EXISTS, "SELECT state FROM payloads WHERE seq=?1")
 
 typedef enum {
 #define STORE_X_ENUM(name, sql) name,
