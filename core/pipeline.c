@@ -638,6 +638,20 @@ static int global_threshold(pctx *c, mopt_weight *ws, size_t nw, size_t g) {
   return rc;
 }
 
+/* float16/bfloat16 weights are rebuilt in float32 and Cast back to their own type in front of
+ * the consumer, so statistics are taken on the values rounded to that type: a malloc'd copy, or
+ * NULL when the weight's type holds float32 values exactly (float32, double) or on ENOMEM. */
+static float *consumer_view(const wstate *s) {
+  int32_t dt = s->w->dtype;
+  if (dt != MOPT_DT_FLOAT16 && dt != MOPT_DT_BFLOAT16) return NULL;
+  float *v = malloc(s->n * sizeof *v);
+  if (!v) return NULL;
+  for (size_t i = 0; i < s->n; i++)
+    v[i] = dt == MOPT_DT_FLOAT16 ? mopt_f16_to_f32(mopt_f32_to_f16(s->vals[i]))
+                                 : mopt_bf16_to_f32(mopt_f32_to_bf16(s->vals[i]));
+  return v;
+}
+
 /* ---------------------------------------------------------------- encode ---- */
 
 static uint64_t bits_bytes(uint64_t n, int bits) { return (n * (uint64_t)bits + 7) / 8; }
@@ -810,8 +824,10 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
         rp->elems += s.n;
         rp->zeros_before += (uint64_t)nearbyint(sp * (double)s.n);
         rp->distinct_before += dist;
-        sp = mopt_sparsity(s.vals, s.n);
-        dist = state_distinct(&s);
+        float *view = consumer_view(&s);        /* half types: what the consumer sees */
+        sp = mopt_sparsity(view ? view : s.vals, s.n);
+        dist = view ? mopt_count_distinct(view, s.n) : state_distinct(&s);
+        free(view);
         rp->zeros_after += (uint64_t)nearbyint(sp * (double)s.n);
         rp->distinct_after += dist;
         rt->passes[p].sparsity = sp;
@@ -822,7 +838,9 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     if (rt) {
       rt->sparsity = sp;
       rt->distinct = dist;
-      rt->snr_db = mopt_snr_db(s.orig, s.vals, s.n, &rt->max_abs_err);
+      float *view = consumer_view(&s);
+      rt->snr_db = mopt_snr_db(s.orig, view ? view : s.vals, s.n, &rt->max_abs_err);
+      free(view);
       rt->fp16_clamped = s.clamped;
       rt->rank = s.lowrank ? s.rank : 0;
     }
