@@ -31,6 +31,30 @@ if not os.path.isabs(BUILD):
     BUILD = os.path.join(ROOT, BUILD)
 MOPTD = os.path.join(BUILD, "moptd")
 MOPT = os.path.join(BUILD, "mopt")
+
+
+def _pin_binaries():
+    """Copies moptd and mopt once per test file, so a concurrent rebuild of $MOPT_BUILD cannot
+    swap or remove them between two daemon starts of one file (MOPT_NO_PIN=1 disables)."""
+    global MOPTD, MOPT
+    if os.environ.get("MOPT_NO_PIN"):
+        return
+    import atexit
+    import shutil
+    pin = tempfile.mkdtemp(prefix="moptd-http-bin-")
+    atexit.register(shutil.rmtree, pin, True)
+    for name in ("moptd", "mopt"):
+        src = os.path.join(BUILD, name)
+        if os.access(src, os.X_OK):
+            dst = os.path.join(pin, name)
+            shutil.copy2(src, dst)
+            if name == "moptd":
+                MOPTD = dst
+            else:
+                MOPT = dst
+
+
+_pin_binaries()
 PY = "/usr/bin/python3"
 TERMINAL = ("succeeded", "failed", "cancelled")
 DEFAULT = object()   # "use the daemon's default token"
@@ -757,6 +781,21 @@ def cleanup():
                     pass
 
 
+def remove_temp_dirs(keep_logs):
+    """Removes the daemons' temp dirs (models of up to 128 MB pile up otherwise); after a failure
+    keeps each dir's log and SQLite index for inspection and drops only blobs and tmp files."""
+    import shutil
+    for d in _daemons:
+        if not keep_logs:
+            shutil.rmtree(d.tmp, True)
+            continue
+        for sub in ("blobs", "tmp"):
+            shutil.rmtree(os.path.join(d.data, sub), True)
+        for f in os.listdir(d.tmp) if os.path.isdir(d.tmp) else []:
+            if f.endswith(".onnx"):
+                os.unlink(os.path.join(d.tmp, f))
+
+
 SANITIZER = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|UndefinedBehaviorSanitizer|"
                        r"Segmentation fault|double free|heap-use-after-free|stack smashing")
 
@@ -825,6 +864,7 @@ def run():
         print("ok %d - daemon logs free of sanitizer and crash reports" % n)
     print("1..%d" % n)
     print("# %d tests, %d failed, %.1fs" % (n, failed, time.time() - t_all), flush=True)
+    remove_temp_dirs(keep_logs=failed > 0)
     sys.exit(1 if failed else 0)
 
 
