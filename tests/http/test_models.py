@@ -98,6 +98,16 @@ def test_digest_headers_that_match_are_accepted():
     b = make_mlp(seed=4)
     r = expect(d.upload(b, name="dg", headers={"Digest": digest_header(b)}), 201, "Digest sha-256")
     eq(r.json["id"], "sha256:" + sha256_hex(b), "id")
+    # algorithm names are case-insensitive (RFC 3230), and hex may come in upper case
+    c = make_mlp(seed=41)
+    expect(d.upload(c, name="dg", headers={"Digest": "SHA-256=" + digest_header(c).split("=", 1)[1]}), 201,
+           "Digest SHA-256")
+    c = make_mlp(seed=42)
+    expect(d.upload(c, name="dg", headers={"X-Content-SHA256": sha256_hex(c).upper()}), 201, "upper-case hex")
+    # RFC 9530 Content-Digest (documented in openapi.yaml)
+    c = make_mlp(seed=43)
+    cd = "sha-256=:" + digest_header(c).split("=", 1)[1] + ":"
+    expect(d.upload(c, name="dg", headers={"Content-Digest": cd}), 201, "Content-Digest")
 
 
 @test
@@ -112,6 +122,18 @@ def test_digest_mismatch_is_400_and_nothing_kept():
     expect_error(d.upload(data, headers={"Digest": digest_header(b"other bytes")}), 400,
                  "digest_mismatch", what="Digest mismatch")
     expect_nothing_stored(d, before, "Digest mismatch")
+    cd = "sha-256=:" + digest_header(b"other bytes").split("=", 1)[1] + ":"
+    expect_error(d.upload(data, headers={"Content-Digest": cd}), 400, "digest_mismatch",
+                 what="Content-Digest mismatch")
+    expect_nothing_stored(d, before, "Content-Digest mismatch")
+    # one right and one wrong header: still a mismatch
+    expect_error(d.upload(data, headers={"X-Content-SHA256": sha256_hex(data), "Digest": digest_header(b"x")}),
+                 400, "digest_mismatch", what="X-Content-SHA256 right, Digest wrong")
+    expect_nothing_stored(d, before, "mixed digests")
+    # a malformed digest value is a bad request, not silently ignored
+    r = d.upload(data, headers={"X-Content-SHA256": "not-hex"})
+    expect_error(r, 400, what="malformed X-Content-SHA256")
+    expect_nothing_stored(d, before, "malformed X-Content-SHA256")
     check(not os.path.exists(d.blob_path("sha256:" + sha256_hex(data))), "blob of refused upload exists")
 
 
