@@ -123,8 +123,12 @@ def test_no_token_is_401_on_every_protected_route():
                 bad.append("%s %s public route: %d" % (method, path, r.status))
         elif r.status != 401:
             bad.append("%s %s: %d" % (method, path, r.status))
-        elif method != "HEAD":   # HEAD answers carry no body to check
-            expect_error(r, 401, "unauthorized", what="%s %s" % (method, path))
+        else:
+            if method != "HEAD":   # HEAD answers carry no body to check
+                expect_error(r, 401, "unauthorized", what="%s %s" % (method, path))
+            wa = r.header("WWW-Authenticate") or ""
+            check(wa.lower().startswith("bearer"), "%s %s: 401 without WWW-Authenticate: Bearer (%r)"
+                  % (method, path, wa))
     eq(bad, [], "routes not answering 401 without a token")
 
 
