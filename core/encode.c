@@ -145,11 +145,14 @@ static void *pack_float(const float *v, uint64_t n, int32_t dt, size_t *len) {
 static void *pack_ints(const int32_t *v, uint64_t n, int32_t dt, size_t *len) {
   int four = dt == MOPT_DT_INT4 || dt == MOPT_DT_UINT4;
   size_t bytes = four ? (n + 1) / 2 : n;
-  uint8_t *b = calloc(bytes ? bytes : 1, 1);
+  uint8_t *b = malloc(bytes ? bytes : 1);
   if (!b) return NULL;
-  for (uint64_t i = 0; i < n; i++) {
-    if (four) b[i / 2] |= (uint8_t)((v[i] & 15) << (4 * (i & 1)));
-    else b[i] = (uint8_t)(v[i] & 0xff);
+  if (four) { /* element 2i in the low nibble, 2i+1 in the high nibble (ONNX order) */
+    for (uint64_t i = 0; i + 1 < n; i += 2)
+      b[i / 2] = (uint8_t)((v[i] & 15) | ((v[i + 1] & 15) << 4));
+    if (n & 1) b[n / 2] = (uint8_t)(v[n - 1] & 15);
+  } else {
+    for (uint64_t i = 0; i < n; i++) b[i] = (uint8_t)v[i];
   }
   *len = bytes;
   return b;
@@ -175,9 +178,7 @@ static int check_weight(mopt_model *m, const mopt_weight *w, mopt_diag *diag) {
   return 0;
 }
 
-static void tensor_free(Onnx__TensorProto *t) {
-  if (t) protobuf_c_message_free_unpacked(&t->base, NULL);
-}
+#define tensor_free(t) mopt_int_free_tensor(m, (t))
 
 /* Wraps tensor t as a Constant node producing t->name. */
 static Onnx__NodeProto *const_node(Onnx__TensorProto *t) {
@@ -290,7 +291,7 @@ static int emit_commit(mopt_model *m, const mopt_weight *w, emit *e, mopt_wenc k
     for (int i = 0; i < e->nt; i++) nodes[k++] = consts[i];
     for (int i = 0; i < e->nn; i++) nodes[k++] = e->n[i];
     for (size_t i = pos + 1; i < g->n_node; i++) nodes[k++] = g->node[i];
-    protobuf_c_message_free_unpacked(&r->node->base, NULL);
+    mopt_int_free_node(m, r->node);
     free(g->node);
     g->node = nodes;
     g->n_node = nn;
@@ -335,6 +336,7 @@ int mopt_weight_set_dense(mopt_model *m, const mopt_weight *w, const float *valu
   free(t->float_data); t->float_data = NULL; t->n_float_data = 0;
   free(t->int32_data); t->int32_data = NULL; t->n_int32_data = 0;
   free(t->double_data); t->double_data = NULL; t->n_double_data = 0;
+  mopt_int_tensor_detach(m, t);
   free(t->raw_data.data);
   t->raw_data.data = b;
   t->raw_data.len = len;
@@ -355,6 +357,7 @@ int mopt_weight_set_f16(mopt_model *m, const mopt_weight *w, const uint16_t *hal
   if (w->dtype == MOPT_DT_FLOAT16) { /* already half: just the new values, no Cast */
     Onnx__TensorProto *t = m->wr[w->index].tensor;
     free(t->int32_data); t->int32_data = NULL; t->n_int32_data = 0;
+    mopt_int_tensor_detach(m, t);
     free(t->raw_data.data);
     t->raw_data.data = b;
     t->raw_data.len = len;
@@ -781,7 +784,7 @@ static void prune_graph(mopt_model *m, const mopt_nameset *refs, Onnx__GraphProt
     if (dead) {
       Onnx__AttributeProto *v = mopt_int_node_attr(n, "value");
       forget_tensor(m, v ? v->t : NULL, n);
-      protobuf_c_message_free_unpacked(&n->base, NULL);
+      mopt_int_free_node(m, n);
       continue;
     }
     g->node[k++] = n;

@@ -37,7 +37,24 @@ struct mopt_model {
   size_t nw;
   char **strs;                 /* strings owned by the list (names, graph paths) */
   size_t nstrs, capstrs;
+  /* Zero-copy loads: TensorProto.raw_data may point into this read-only buffer (the mapped
+   * model file). Such pointers must never be freed or written: free tensors and nodes with
+   * mopt_int_free_tensor/_node, and call mopt_int_tensor_detach before replacing raw_data. */
+  const uint8_t *borrow;
+  size_t borrow_len;
+  int borrow_mapped;           /* borrow is an mmap to unmap on destroy */
 };
+
+/* ---- borrowed payloads (onnx_io.c) ---- */
+int mopt_int_borrowed(const mopt_model *m, const void *p);
+/* Forgets a borrowed raw_data (sets it to NULL/0) so the tensor can be freed or refilled. */
+void mopt_int_tensor_detach(const mopt_model *m, Onnx__TensorProto *t);
+void mopt_int_free_tensor(const mopt_model *m, Onnx__TensorProto *t);
+void mopt_int_free_node(const mopt_model *m, Onnx__NodeProto *n);
+/* mopt_model_load that borrows payloads from buf (buf must outlive the model); used by the
+ * fuzzer to check that the zero-copy path and the copying path agree. */
+int mopt_int_load_borrowed(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                           mopt_model **out, mopt_diag *diag);
 
 /* ---- tensor helpers (weights.c) ---- */
 /* Element count of a tensor from its dims; -1 on negative dims or overflow. */

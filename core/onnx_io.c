@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 /* ================================================================ name sets ==== */
 static uint64_t name_hash(const char *s) {
   uint64_t h = 1469598103934665603ull;
@@ -89,6 +91,7 @@ typedef struct wire_ctx {
   uint32_t max_depth;
   uint64_t struct_bytes;   /* estimate of what protobuf-c will allocate for structs/arrays */
   uint64_t struct_cap;
+  uint64_t nmsgs;          /* messages seen (bounds the stripped buffer, see below) */
   mopt_diag *diag;
 } wire_ctx;
 
@@ -115,6 +118,7 @@ static int wire_walk(wire_ctx *c, const ProtobufCMessageDescriptor *d, size_t st
                          d->name);
   }
   c->struct_bytes += d->sizeof_message + 16;
+  c->nmsgs++;
   if (c->struct_bytes > c->struct_cap) {
     snprintf(where, sizeof where, "byte %zu", start);
     return mopt_diag_set(c->diag, MOPT_ELIMIT, where,
@@ -180,12 +184,193 @@ static int wire_walk(wire_ctx *c, const ProtobufCMessageDescriptor *d, size_t st
   return 0;
 }
 
+
+/* ================================================================ zero copy ==== */
+/* protobuf-c copies every bytes field while unpacking. For a model file of hundreds of MB
+ * that doubles memory and, on slow page faults, dominates load time. load_file therefore
+ * rewrites the wire bytes first: along the path model.graph → (graph.initializer |
+ * graph.node.attribute.{t,tensors} | attribute.{g,graphs} → …) every TensorProto.raw_data of
+ * at least STRIP_MIN bytes is replaced by a 16-byte placeholder (a per-load random nonce + the
+ * payload's index); enclosing lengths are re-encoded as padded 5-byte varints (valid protobuf),
+ * so only the path is rewritten and everything else is copied verbatim. After unpacking, the
+ * placeholders are swapped for pointers into the mapped file, which the model keeps mapped.
+ * Borrowed pointers are never freed: every free of a tensor goes through the detach helpers. */
+#define STRIP_MIN 64u
+
+enum { EL_NONE = 0, EL_MODEL, EL_GRAPH, EL_NODE, EL_ATTR, EL_TENSOR };
+
+typedef struct strip_ctx {
+  const uint8_t *base;
+  uint8_t *out;
+  size_t olen, ocap;
+  uint8_t nonce[8];
+  size_t *poff, *plen;
+  size_t np, capp;
+  int err;
+} strip_ctx;
+
+static void strip_put(strip_ctx *c, const uint8_t *p, size_t n) {
+  if (c->err || n > c->ocap - c->olen) { c->err = 1; return; }
+  memcpy(c->out + c->olen, p, n);
+  c->olen += n;
+}
+
+static int child_kind(int kind, uint64_t fnum) {
+  switch (kind) {
+  case EL_MODEL: return fnum == 7 ? EL_GRAPH : EL_NONE;
+  case EL_GRAPH: return fnum == 5 ? EL_TENSOR : fnum == 1 ? EL_NODE : EL_NONE;
+  case EL_NODE: return fnum == 5 ? EL_ATTR : EL_NONE;
+  case EL_ATTR: return (fnum == 5 || fnum == 10) ? EL_TENSOR : (fnum == 6 || fnum == 11) ? EL_GRAPH
+                                                                                        : EL_NONE;
+  default: return EL_NONE;
+  }
+}
+
+/* Copies [start, end) (a message of the given kind, already validated by wire_walk). */
+static void strip_msg(strip_ctx *c, size_t start, size_t end, int kind) {
+  const uint8_t *p = c->base;
+  size_t pos = start;
+  while (pos < end && !c->err) {
+    size_t tag_at = pos;
+    uint64_t key, v;
+    if (wire_varint(p, end, &pos, &key)) { c->err = 1; return; }
+    unsigned wt = (unsigned)(key & 7);
+    uint64_t fnum = key >> 3;
+    if (wt != 2) {
+      if (wt == 0) { if (wire_varint(p, end, &pos, &v)) { c->err = 1; return; } }
+      else pos += wt == 1 ? 8 : 4;
+      strip_put(c, p + tag_at, pos - tag_at);
+      continue;
+    }
+    size_t len_at = pos;
+    if (wire_varint(p, end, &pos, &v)) { c->err = 1; return; }
+    size_t body = pos;
+    pos += (size_t)v;
+    int ck = child_kind(kind, fnum);
+    if (kind == EL_TENSOR && fnum == 9 && v >= STRIP_MIN) {
+      if (c->np == c->capp) {
+        size_t nc = c->capp ? c->capp * 2 : 64;
+        size_t *no = realloc(c->poff, nc * sizeof *no), *nl;
+        if (!no) { c->err = 1; return; }
+        c->poff = no;
+        nl = realloc(c->plen, nc * sizeof *nl);
+        if (!nl) { c->err = 1; return; }
+        c->plen = nl;
+        c->capp = nc;
+      }
+      c->poff[c->np] = body;
+      c->plen[c->np] = (size_t)v;
+      uint8_t ph[17];
+      ph[0] = 16;
+      memcpy(ph + 1, c->nonce, 8);
+      uint64_t idx = c->np++;
+      for (int i = 0; i < 8; i++) ph[9 + i] = (uint8_t)(idx >> (8 * i));
+      strip_put(c, p + tag_at, len_at - tag_at);
+      strip_put(c, ph, sizeof ph);
+    } else if (ck != EL_NONE && v <= 0xffffffffu) {
+      strip_put(c, p + tag_at, len_at - tag_at);
+      size_t lenpos = c->olen;
+      uint8_t pad[5] = {0x80, 0x80, 0x80, 0x80, 0};
+      strip_put(c, pad, 5);
+      strip_msg(c, body, pos, ck);
+      if (c->err) return;
+      uint64_t n = c->olen - lenpos - 5;
+      for (int i = 0; i < 5; i++) c->out[lenpos + i] = (uint8_t)(((n >> (7 * i)) & 0x7f) | (i < 4 ? 0x80 : 0));
+    } else {
+      strip_put(c, p + tag_at, pos - tag_at);
+    }
+  }
+}
+
+static void restore_tensor(const strip_ctx *c, Onnx__TensorProto *t) {
+  if (!t->has_raw_data || t->raw_data.len != 16 || memcmp(t->raw_data.data, c->nonce, 8) != 0)
+    return;
+  uint64_t idx = 0;
+  for (int i = 0; i < 8; i++) idx |= (uint64_t)t->raw_data.data[8 + i] << (8 * i);
+  if (idx >= c->np) return;
+  free(t->raw_data.data);
+  t->raw_data.data = (uint8_t *)(uintptr_t)(c->base + c->poff[idx]);
+  t->raw_data.len = c->plen[idx];
+}
+
+static void restore_graph(const strip_ctx *c, Onnx__GraphProto *g) {
+  for (size_t i = 0; i < g->n_initializer; i++) restore_tensor(c, g->initializer[i]);
+  for (size_t i = 0; i < g->n_node; i++) {
+    Onnx__NodeProto *n = g->node[i];
+    for (size_t a = 0; a < n->n_attribute; a++) {
+      Onnx__AttributeProto *at = n->attribute[a];
+      if (at->t) restore_tensor(c, at->t);
+      for (size_t k = 0; k < at->n_tensors; k++) restore_tensor(c, at->tensors[k]);
+      if (at->g) restore_graph(c, at->g);
+      for (size_t k = 0; k < at->n_graphs; k++) restore_graph(c, at->graphs[k]);
+    }
+  }
+}
+
+int mopt_int_borrowed(const mopt_model *m, const void *p) {
+  const uint8_t *b = p;
+  return m && m->borrow && b >= m->borrow && b < m->borrow + m->borrow_len;
+}
+
+void mopt_int_tensor_detach(const mopt_model *m, Onnx__TensorProto *t) {
+  if (t && mopt_int_borrowed(m, t->raw_data.data)) {
+    t->raw_data.data = NULL;
+    t->raw_data.len = 0;
+  }
+}
+
+void mopt_int_free_tensor(const mopt_model *m, Onnx__TensorProto *t) {
+  if (!t) return;
+  mopt_int_tensor_detach(m, t);
+  protobuf_c_message_free_unpacked(&t->base, NULL);
+}
+
+static void detach_graph(const mopt_model *m, Onnx__GraphProto *g);
+
+static void detach_node(const mopt_model *m, Onnx__NodeProto *n) {
+  for (size_t a = 0; a < n->n_attribute; a++) {
+    Onnx__AttributeProto *at = n->attribute[a];
+    mopt_int_tensor_detach(m, at->t);
+    for (size_t k = 0; k < at->n_tensors; k++) mopt_int_tensor_detach(m, at->tensors[k]);
+    if (at->g) detach_graph(m, at->g);
+    for (size_t k = 0; k < at->n_graphs; k++) detach_graph(m, at->graphs[k]);
+  }
+}
+
+static void detach_graph(const mopt_model *m, Onnx__GraphProto *g) {
+  for (size_t i = 0; i < g->n_initializer; i++) mopt_int_tensor_detach(m, g->initializer[i]);
+  for (size_t i = 0; i < g->n_node; i++) detach_node(m, g->node[i]);
+}
+
+void mopt_int_free_node(const mopt_model *m, Onnx__NodeProto *n) {
+  if (!n) return;
+  if (m->borrow) detach_node(m, n);
+  protobuf_c_message_free_unpacked(&n->base, NULL);
+}
+
+/* Unpacks with large payloads borrowed from buf (see above); NULL on failure. */
+static Onnx__ModelProto *unpack_borrowed(const uint8_t *buf, size_t len, uint64_t nmsgs) {
+  strip_ctx c = {.base = buf};
+  c.ocap = len + 4 * (size_t)nmsgs + 64;
+  c.out = malloc(c.ocap);
+  if (!c.out) return NULL;
+  randombytes_buf(c.nonce, sizeof c.nonce);
+  strip_msg(&c, 0, len, EL_MODEL);
+  Onnx__ModelProto *pb = NULL;
+  if (!c.err) pb = onnx__model_proto__unpack(NULL, c.olen, c.out);
+  free(c.out);
+  if (pb && pb->graph) restore_graph(&c, pb->graph);
+  free(c.poff);
+  free(c.plen);
+  return pb;
+}
+
 /* ================================================================ validation ==== */
 typedef struct val_ctx {
   uint64_t max_elems, max_bytes, total_bytes;
   uint32_t max_graph_depth;
   int bundle_fd;               /* -1: external data refused */
-  int bundle_given;
+  int borrowing;               /* raw_data may point into the caller's mapping */
   mopt_diag *diag;
 } val_ctx;
 
@@ -316,7 +501,7 @@ static int load_external(val_ctx *c, Onnx__TensorProto *t, uint64_t want, const 
   t->n_external_data = 0;
   t->has_data_location = 0;
   t->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__DEFAULT;
-  free(t->raw_data.data);
+  if (!c->borrowing) free(t->raw_data.data);
   t->raw_data.data = buf;
   t->raw_data.len = (size_t)len;
   t->has_raw_data = 1;
@@ -530,8 +715,11 @@ static int64_t default_opset(const Onnx__ModelProto *pb) {
 }
 
 /* ================================================================ load ==== */
+/* borrow: the model keeps pointers into buf (which must outlive it); map_owned: buf is an
+ * mmap the model unmaps on destroy (also on failure here). */
 static int load_impl(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
-                     const char *default_bundle, mopt_model **out, mopt_diag *diag) {
+                     const char *default_bundle, int borrow, int map_owned, mopt_model **out,
+                     mopt_diag *diag) {
   *out = NULL;
   mopt_load_limits L = {0};
   if (lim) L = *lim;
@@ -543,21 +731,32 @@ static int load_impl(const uint8_t *buf, size_t len, const mopt_load_limits *lim
   wire_ctx wc = {.base = buf, .max_depth = 3 * L.max_graph_depth + 32,
                  .struct_cap = 4ull << 30, .diag = diag};
   int rc = wire_walk(&wc, &onnx__model_proto__descriptor, 0, len, 0);
-  if (rc) return rc;
-  Onnx__ModelProto *pb = onnx__model_proto__unpack(NULL, len, len ? buf : (const uint8_t *)"");
-  if (!pb)
+  mopt_model *m = rc ? NULL : calloc(1, sizeof *m);
+  if (rc || !m) {
+    if (map_owned && len) munmap((void *)(uintptr_t)buf, len);
+    return rc ? rc : MOPT_ENOMEM;
+  }
+  if (borrow) {
+    m->borrow = buf;
+    m->borrow_len = len;
+    m->borrow_mapped = map_owned;
+  }
+  Onnx__ModelProto *pb = borrow ? unpack_borrowed(buf, len, wc.nmsgs)
+                                : onnx__model_proto__unpack(NULL, len, len ? buf : (const uint8_t *)"");
+  if (!pb) {
+    mopt_model_destroy(m);
     return mopt_diag_set(diag, MOPT_EPARSE, "ModelProto",
                          "protobuf-c could not unpack the model (a field has the wrong wire "
                          "type or an invalid value)");
-  mopt_model *m = calloc(1, sizeof *m);
-  if (!m) { protobuf_c_message_free_unpacked(&pb->base, NULL); return MOPT_ENOMEM; }
+  }
   m->pb = pb;
   if (!pb->graph) {
     rc = mopt_diag_set(diag, MOPT_EMODEL, "ModelProto.graph", "model has no graph");
     goto fail;
   }
   val_ctx vc = {.max_elems = L.max_tensor_elems, .max_bytes = L.max_total_bytes,
-                .max_graph_depth = L.max_graph_depth, .bundle_fd = -1, .diag = diag};
+                .max_graph_depth = L.max_graph_depth, .bundle_fd = -1, .borrowing = borrow,
+                .diag = diag};
   if (bundle) {
     vc.bundle_fd = open(bundle, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (vc.bundle_fd < 0) {
@@ -580,7 +779,13 @@ fail:
 int mopt_model_load(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
                     mopt_model **out, mopt_diag *diag) {
   if (!out || (!buf && len)) return mopt_diag_set(diag, MOPT_EINVAL, "", "bad arguments");
-  return load_impl(buf, len, lim, NULL, out, diag);
+  return load_impl(buf, len, lim, NULL, 0, 0, out, diag);
+}
+
+int mopt_int_load_borrowed(const uint8_t *buf, size_t len, const mopt_load_limits *lim,
+                           mopt_model **out, mopt_diag *diag) {
+  if (!out || (!buf && len)) return mopt_diag_set(diag, MOPT_EINVAL, "", "bad arguments");
+  return load_impl(buf, len, lim, NULL, 1, 0, out, diag);
 }
 
 int mopt_model_load_file(const char *path, const mopt_load_limits *lim, mopt_model **out,
@@ -606,7 +811,7 @@ int mopt_model_load_file(const char *path, const mopt_load_limits *lim, mopt_mod
       return mopt_diag_set(diag, e == ENOMEM ? MOPT_ENOMEM : MOPT_EIO, path, "mmap: %s",
                            strerror(e));
     }
-    madvise(map, len, MADV_SEQUENTIAL);
+    madvise(map, len, MADV_WILLNEED);
   }
   close(fd);
   char dir[PATH_MAX];
@@ -614,14 +819,18 @@ int mopt_model_load_file(const char *path, const mopt_load_limits *lim, mopt_mod
   if (!slash) strcpy(dir, ".");
   else if (slash == path) strcpy(dir, "/");
   else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-  int rc = load_impl(map ? map : (const uint8_t *)"", len, lim, dir, out, diag);
-  if (map) munmap(map, len);
-  return rc;
+  /* the model borrows tensor payloads from the mapping and unmaps it when destroyed */
+  return load_impl(map ? map : (const uint8_t *)"", len, lim, dir, map != NULL, map != NULL, out,
+                   diag);
 }
 
 void mopt_model_destroy(mopt_model *m) {
   if (!m) return;
-  if (m->pb) protobuf_c_message_free_unpacked(&m->pb->base, NULL);
+  if (m->pb) {
+    if (m->borrow && m->pb->graph) detach_graph(m, m->pb->graph);
+    protobuf_c_message_free_unpacked(&m->pb->base, NULL);
+  }
+  if (m->borrow_mapped && m->borrow_len) munmap((void *)(uintptr_t)m->borrow, m->borrow_len);
   for (size_t i = 0; i < m->nstrs; i++) free(m->strs[i]);
   free(m->strs);
   free(m->w);
@@ -678,6 +887,17 @@ static int sink_flush(file_sink *s) {
 static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
   file_sink *s = (file_sink *)b;
   s->total += len;
+  if (len >= s->cap) { /* big payloads go straight to the file, no staging copy */
+    if (sink_flush(s)) return;
+    while (len && !s->err) {
+      ssize_t w = write(s->fd, data, len);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) { s->err = errno ? errno : EIO; return; }
+      data += w;
+      len -= (size_t)w;
+    }
+    return;
+  }
   while (len && !s->err) {
     if (s->used == s->cap && sink_flush(s)) return;
     size_t k = s->cap - s->used < len ? s->cap - s->used : len;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mopt.h"
+#include "model_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -30,16 +30,38 @@ static void check(int ok, const char *what) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   mopt_load_limits lim = {.max_tensor_elems = 1u << 20, .max_total_bytes = 64u << 20,
                           .max_graph_depth = 16};
-  mopt_model *m = NULL;
-  mopt_diag d;
-  if (mopt_model_load(data, size, &lim, &m, &d) != 0) {
-    check(m == NULL, "failed load left a model");
+  mopt_model *m = NULL, *mb = NULL;
+  mopt_diag d, db;
+  int rc = mopt_model_load(data, size, &lim, &m, &d);
+  /* the zero-copy path (payloads borrowed from the input, as load_file does with its mapping)
+   * must agree with the copying path */
+  int rcb = mopt_int_load_borrowed(data, size, &lim, &mb, &db);
+  check(rc == rcb, "borrowed and copying loads disagree");
+  if (rc != 0) {
+    check(m == NULL && mb == NULL, "failed load left a model");
     check(memchr(d.msg, 0, sizeof d.msg) != NULL && d.msg[0], "failed load without a message");
     return 0;
   }
   uint8_t *b1, *b2;
   size_t l1, l2;
   check(mopt_model_save(m, &b1, &l1) == 0, "save");
+  check(mopt_model_save(mb, &b2, &l2) == 0, "save borrowed");
+  check(l1 == l2 && memcmp(b1, b2, l1) == 0, "borrowed load saves different bytes");
+  free(b2);
+  /* exercise the encoders on the borrowed model too (frees must never touch the input) */
+  mopt_weight *wb;
+  size_t nb;
+  check(mopt_model_weights(mb, &wb, &nb) == 0, "weights (borrowed)");
+  for (size_t i = 0; i < nb; i++) {
+    if (!wb[i].is_weight || wb[i].nelem > (1u << 16)) continue;
+    float *f;
+    if (mopt_weight_read_f32(mb, &wb[i], &f, &db) != 0) continue;
+    mopt_weight_set_dense(mb, &wb[i], f, &db);
+    free(f);
+    break;
+  }
+  mopt_model_prune_unused(mb);
+  mopt_model_destroy(mb);
   mopt_model *m2;
   check(mopt_model_load(b1, l1, &lim, &m2, &d) == 0, "reload of saved bytes");
   check(mopt_model_save(m2, &b2, &l2) == 0, "second save");

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <unistd.h>
 
 #include "model_builder.h"
 
@@ -59,13 +60,35 @@ static Onnx__ModelProto *enc_model(int64_t opset, int32_t dt) {
   return pm;
 }
 
+/* 1: load through a file (mmap, tensor payloads borrowed from the mapping), 0: from memory */
+static int g_via_file;
+
 static mopt_model *load_enc(int64_t opset, int32_t dt) {
   mopt_model *m;
   mopt_diag d;
-  int rc = mb_load(enc_model(opset, dt), &m, &d);
+  int rc;
+  if (g_via_file) {
+    char path[] = "/tmp/mopt-encode-test.XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    size_t len;
+    Onnx__ModelProto *pm = enc_model(opset, dt);
+    uint8_t *b = mb_pack(pm, &len);
+    mb_free(pm);
+    assert_int_equal(write(fd, b, len), (ssize_t)len);
+    close(fd);
+    free(b);
+    rc = mopt_model_load_file(path, NULL, &m, &d);
+    unlink(path); /* the mapping stays valid */
+  } else {
+    rc = mb_load(enc_model(opset, dt), &m, &d);
+  }
   if (rc) fail_msg("load: %s @ %s", d.msg, d.where);
   return m;
 }
+
+static int via_file(void **state) { (void)state; g_via_file = 1; return 0; }
+static int via_memory(void **state) { (void)state; g_via_file = 0; return 0; }
 
 static const mopt_weight *wget(mopt_model *m, const char *name) {
   mopt_weight *w;
@@ -617,15 +640,24 @@ static void test_deterministic(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test(test_quantize_all_forms),
-    cmocka_unit_test(test_quantize_fp16_model),
-    cmocka_unit_test(test_quantize_errors),
-    cmocka_unit_test(test_lut),
-    cmocka_unit_test(test_f16_and_dense),
-    cmocka_unit_test(test_lowrank),
-    cmocka_unit_test(test_ir3_graph_inputs),
-    cmocka_unit_test(test_prune_unused),
-    cmocka_unit_test(test_deterministic),
+    cmocka_unit_test_setup(test_quantize_all_forms, via_memory),
+    cmocka_unit_test_setup(test_quantize_fp16_model, via_memory),
+    cmocka_unit_test_setup(test_quantize_errors, via_memory),
+    cmocka_unit_test_setup(test_lut, via_memory),
+    cmocka_unit_test_setup(test_f16_and_dense, via_memory),
+    cmocka_unit_test_setup(test_lowrank, via_memory),
+    cmocka_unit_test_setup(test_ir3_graph_inputs, via_memory),
+    cmocka_unit_test_setup(test_prune_unused, via_memory),
+    cmocka_unit_test_setup(test_deterministic, via_memory),
+    cmocka_unit_test_setup(test_quantize_all_forms, via_file),
+    cmocka_unit_test_setup(test_quantize_fp16_model, via_file),
+    cmocka_unit_test_setup(test_quantize_errors, via_file),
+    cmocka_unit_test_setup(test_lut, via_file),
+    cmocka_unit_test_setup(test_f16_and_dense, via_file),
+    cmocka_unit_test_setup(test_lowrank, via_file),
+    cmocka_unit_test_setup(test_ir3_graph_inputs, via_file),
+    cmocka_unit_test_setup(test_prune_unused, via_file),
+    cmocka_unit_test_setup(test_deterministic, via_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -185,6 +185,16 @@ static int walk_testdata(const char *dir, int *n, int *bad) {
       if (olen != len || memcmp(o, b, len)) { printf("# %s: re-saved bytes differ\n", p); (*bad)++; }
       free(o);
       mopt_model_destroy(m);
+      /* the zero-copy file path gives the same bytes */
+      if (mopt_model_load_file(p, NULL, &m, &dg) != 0) {
+        printf("# %s: load_file: %s\n", p, dg.msg);
+        (*bad)++;
+      } else {
+        mopt_model_save(m, &o, &olen);
+        if (olen != len || memcmp(o, b, len)) { printf("# %s: load_file re-save differs\n", p); (*bad)++; }
+        free(o);
+        mopt_model_destroy(m);
+      }
     }
     free(b);
   }
