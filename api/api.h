@@ -111,6 +111,7 @@ typedef struct api_limits {
 } api_limits;
 
 typedef struct api_auth api_auth;
+typedef struct api_ota api_ota;   /* OTA signing key and settings (api/ota.c) */
 
 typedef struct api_ctx {
   store *st;
@@ -118,6 +119,7 @@ typedef struct api_ctx {
   api_hooks hooks;
   api_auth *auth;                /* NULL = no tokens file: every caller has every scope
                                     (the server only allows that on loopback) */
+  api_ota *ota;                  /* set by api_ota_init; NULL = OTA routes answer 503 */
 } api_ctx;
 
 typedef int (*api_handler_fn)(api_ctx *ctx, const api_request *req, api_response *resp);
@@ -153,6 +155,21 @@ int api_route_find(api_method method, const char *path, const api_route **route,
 int api_model_register_file(api_ctx *ctx, const char *path, const char *name,
                             const char *version, const char *parent, const char *job,
                             store_model *out, int *created, mopt_diag *diag);
+
+/* OTA (api/ota.c). Loads the manifest signing key pair from <data dir>/ota-signing.key, creating
+ * it on first start (ed25519 via libsodium; written to a temp file with mode 0600, fsync'd,
+ * then link()ed into place so concurrent first starts agree on one key; fsync of the dir).
+ * Refuses a key file readable by group or others, or of the wrong size. Reads
+ * MOPTD_OTA_MANIFEST_TTL_S (manifest lifetime, default 86400 s, 60..31536000) and
+ * MOPTD_OTA_WAIT_S (how long a manifest request may wait for payloads being computed,
+ * default 10 s, 0..60). Sets ctx->ota. Call once at start-up, before serving.
+ * Returns 0, MOPT_EIO / MOPT_EINVAL with diag. */
+int api_ota_init(api_ctx *ctx, mopt_diag *diag);
+/* Long-poll key a manifest request waits on while payload row seq is computed:
+ * API_OTA_WAIT_PREFIX + decimal seq ("ota:payload:42"). Whoever finishes that payload calls
+ * srv_waiters_notify with the same key (and may repeat it shortly after: a waiter linked just
+ * after the first notification must not sleep until its deadline). */
+#define API_OTA_WAIT_PREFIX "ota:payload:"
 
 /* Tokens file: lines "scope[,scope] <sha256-hex-of-token> [label]"; '#' comments. */
 int api_auth_load(const char *path, api_auth **out, mopt_diag *diag);

@@ -27,6 +27,20 @@ int api_h_jobs_list(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_jobs_get(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_jobs_cancel(api_ctx *ctx, const api_request *req, api_response *resp);
 
+int api_h_releases_put(api_ctx *ctx, const api_request *req, api_response *resp);
+int api_h_releases_get(api_ctx *ctx, const api_request *req, api_response *resp);
+int api_h_ota_manifest(api_ctx *ctx, const api_request *req, api_response *resp);
+int api_h_ota_public_key(api_ctx *ctx, const api_request *req, api_response *resp);
+int api_h_payloads_get(api_ctx *ctx, const api_request *req, api_response *resp);
+
+/* Serves blob hex as an immutable content-addressed resource: strong ETag "<hex>",
+ * If-None-Match → 304, a single Range (If-Range: strong ETag match only) → 206, 416 with
+ * a Content-Range naming the size when unsatisfiable, Cache-Control public immutable. The body
+ * is the file itself (fd + offset + length), never copied. what names the resource in the 500
+ * error when the blob file is missing. Used by model content and OTA payloads. */
+int api_serve_blob(api_ctx *ctx, const api_request *req, api_response *resp, const char *hex,
+                   const char *what);
+
 /* ---- request helpers ---- */
 /* Query parameter / header lookups that tolerate a missing accessor (NULL when absent). */
 const char *api_query(const api_request *req, const char *key);

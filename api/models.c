@@ -384,14 +384,20 @@ int api_h_models_content(api_ctx *ctx, const api_request *req, api_response *res
   store_model m;
   int rc = load_model(ctx, req, resp, &m);
   if (rc) return rc;
-  const char *hex = m.id + 7;
+  return api_serve_blob(ctx, req, resp, m.id + 7, "the model's content");
+}
+
+int api_serve_blob(api_ctx *ctx, const api_request *req, api_response *resp, const char *hex,
+                   const char *what) {
   char path[4096];
-  rc = store_blob_path(ctx->st, hex, path, sizeof path);
+  int rc = store_blob_path(ctx->st, hex, path, sizeof path);
   int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0) {
     if (fd >= 0) close(fd);
-    api_error(resp, MOPT_EIO, "the model's content is missing from the store", "store", NULL);
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s is missing from the store", what);
+    api_error(resp, MOPT_EIO, msg, "store", NULL);
     return MOPT_EIO;
   }
   uint64_t size = (uint64_t)st.st_size;

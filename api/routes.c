@@ -19,6 +19,7 @@ enum {
   R_HEALTHZ, R_READYZ, R_METRICS,
   R_MODELS_UPLOAD, R_MODELS_LIST, R_MODELS_GET, R_MODELS_DELETE, R_MODELS_CONTENT,
   R_JOBS_CREATE, R_JOBS_LIST, R_JOBS_GET, R_JOBS_CANCEL,
+  R_RELEASES_PUT, R_RELEASES_GET, R_OTA_MANIFEST, R_OTA_PUBLIC_KEY, R_PAYLOADS_GET,
   R_COUNT_
 };
 
@@ -44,6 +45,17 @@ const api_route api_routes[] = {
                   "jobs_get"},
   [R_JOBS_CANCEL] = {API_POST, "/v1/jobs/{id}/cancel", api_h_jobs_cancel, API_SCOPE_WRITE,
                      API_BODY_NONE, 0, "jobs_cancel"},
+  [R_RELEASES_PUT] = {API_PUT, "/v1/releases/{name}/{channel}", api_h_releases_put,
+                      API_SCOPE_WRITE, API_BODY_JSON, 0, "releases_put"},
+  [R_RELEASES_GET] = {API_GET, "/v1/releases/{name}/{channel}", api_h_releases_get,
+                      API_SCOPE_READ, API_BODY_NONE, 0, "releases_get"},
+  [R_OTA_MANIFEST] = {API_GET, "/v1/ota/{name}/{channel}/manifest", api_h_ota_manifest,
+                      API_SCOPE_OTA, API_BODY_NONE, 0, "ota_manifest"},
+  /* Public: a public key is no secret, and a device needs it before it holds any token. */
+  [R_OTA_PUBLIC_KEY] = {API_GET, "/v1/ota/public-key", api_h_ota_public_key, 0, API_BODY_NONE,
+                        0, "ota_public_key"},
+  [R_PAYLOADS_GET] = {API_GET, "/v1/payloads/{id}", api_h_payloads_get, API_SCOPE_OTA,
+                      API_BODY_NONE, 0, "payloads_get"},
   [R_COUNT_] = {0, NULL, NULL, 0, 0, 0, NULL},
 };
 _Static_assert(sizeof api_routes / sizeof api_routes[0] == R_COUNT_ + 1,
