@@ -12,6 +12,7 @@
  * cancellation of the other workers; the loop thread itself only does short SQLite writes.
  */
 #include "srv.h"
+#include "payload_tasks.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,6 +88,7 @@ struct srv_sched {
   char mopt[PATH_MAX];
   char self_exe[PATH_MAX];   /* moptd itself, the exec helper (srv_exec_worker) */
   char self_pid[24];
+  srv_ptasks *ptasks;        /* OTA payload computations (payload_tasks.c) */
 };
 
 static void pump(srv_sched *s);
@@ -635,8 +637,10 @@ static void on_async(uv_async_t *a) {
     s->stopping = 1;
     for (worker *w = s->workers; w; w = w->next)
       if (!w->exited) worker_stop(w, KILL_SHUTDOWN, TERM_KILL_MS);
+    srv_ptasks_stop(s->ptasks);
   }
   if (!s->stopping) pump(s);
+  if (!s->stopping) srv_ptasks_poll(s->ptasks);
   maybe_finish_stop(s);
 }
 
@@ -648,6 +652,7 @@ static void on_tick(uv_timer_t *t) {
     maybe_finish_stop(s);
     return;
   }
+  srv_ptasks_poll(s->ptasks);
   if (s->ticks % 5 == 0) {   /* every 500 ms: cancel requests made without the hook */
     store_conn *c = store_conn_get(s->ctx->st);
     for (worker *w = s->workers; c && w; w = w->next) {
@@ -714,6 +719,7 @@ int srv_sched_start(const srv_config *cfg, api_ctx *ctx, srv_sched **out) {
     free(s);
     return MOPT_EINTERNAL;
   }
+  s->ptasks = srv_ptasks_create(&s->loop, ctx, cfg, s->self_exe, s->self_pid, s->mopt);
   uv_async_init(&s->loop, &s->async, on_async);
   s->async.data = s;
   uv_timer_init(&s->loop, &s->tick);
@@ -782,6 +788,7 @@ void srv_sched_destroy(srv_sched *s) {
   srv_sched_stop(s);
   pthread_mutex_destroy(&s->mu);
   free(s->cancels);
+  srv_ptasks_destroy(s->ptasks);
   free(s);
 }
 
