@@ -124,6 +124,16 @@ int main(int argc, char **argv) {
   ctx.hooks.ready = hook_ready;
   ctx.hooks.hctx = NULL;
 
+  memset(&d, 0, sizeof d);
+  e = api_ota_init(&ctx, &d);   /* OTA signing key: created on first start in the data dir */
+  if (e != 0) {
+    srv_log_msg(SRV_LOG_ERROR, "startup", "OTA signing key: %s%s%s",
+                d.msg[0] ? d.msg : mopt_strerror(e), d.where[0] ? " at " : "", d.where);
+    store_close(st);
+    api_auth_destroy(auth);
+    return 1;
+  }
+
   srv_metrics_init();
   srv_waiters_init();
   if (srv_sched_start(&cfg, &ctx, &g_sched) != 0) {
