@@ -496,9 +496,7 @@ static int hexval(char c) {
  * silently cut a C string short (a name "a%00b" would be stored as "a"); left as is, the '%'
  * makes the router and the name validators refuse it. '+' is not turned into a space (paths
  * and our query values never use form encoding). */
-static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
-  (void)cls;
-  (void)c;
+size_t srv_http_unescape(char *s) {
   char *r = s, *w = s;
   while (*r) {
     int hi, lo;
@@ -511,6 +509,12 @@ static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
   }
   *w = 0;
   return (size_t)(w - s);
+}
+
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+  (void)cls;
+  (void)c;
+  return srv_http_unescape(s);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {

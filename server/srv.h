@@ -187,6 +187,9 @@ int64_t srv_http_drain(srv_http *h, int64_t timeout_ms);
 void srv_http_stop(srv_http *h);
 
 /* -------------------------------------------------------- request helpers ---- */
+/* Percent-decodes a path or query string in place (the adapter's unescaper); "%00" and
+ * malformed escapes are left as they are, '+' stays '+'. Returns the new length. */
+size_t srv_http_unescape(char *s);
 /* Request id: 16 lowercase hex chars, unique within the process. */
 void srv_request_id(char out[17]);
 /* 1 when an incoming X-Request-Id may be echoed (1..64 chars of [A-Za-z0-9._-]). */
