@@ -30,26 +30,50 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def session_cpu(sid):
+    """CPU seconds (user+sys) used so far by the processes of session sid (a timed-out tool)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[3]) == sid:            # field 6 (session) after pid and (comm)
+            total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
 def run(cmd, timeout=None, stdout=subprocess.DEVNULL):
-    """Runs cmd; returns dict(rc, wall, cpu, rss_kb, timed_out)."""
+    """Runs cmd under /usr/bin/time (so peak RSS is the command's own: ru_maxrss survives
+    execve, and this Python process is bigger than the commands measured); returns dict(rc,
+    wall, cpu, rss_kb, timed_out)."""
+    tf = os.path.join(os.environ.get("TMPDIR", "/tmp"), "bench_ota_time.%d" % os.getpid())
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
-    timed_out = False
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        if timeout and time.monotonic() - t0 > timeout:
-            p.send_signal(signal.SIGKILL)
-            pid, status, ru = os.wait4(p.pid, 0)
-            timed_out = True
-            break
-        time.sleep(0.02)
+    p = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", tf] + cmd, stdout=stdout,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    timed_out, killed_cpu = False, 0.0
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        killed_cpu = session_cpu(p.pid)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        timed_out = True
     wall = time.monotonic() - t0
     err = p.stderr.read().decode(errors="replace")
     p.stderr.close()
-    rc = os.waitstatus_to_exitcode(status)
-    return {"rc": rc, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_kb": ru.ru_maxrss,
+    rss, cpu = 0, killed_cpu if timed_out else wall
+    try:
+        with open(tf) as f:
+            last = [l for l in f.read().split("\n") if l.strip()][-1].split()
+        rss, cpu = int(last[0]), float(last[1]) + float(last[2])
+    except (OSError, IndexError, ValueError):
+        pass
+    if os.path.exists(tf):
+        os.unlink(tf)
+    return {"rc": p.returncode, "wall": wall, "cpu": cpu, "rss_kb": rss,
             "timed_out": timed_out, "stderr": err[-400:]}
 
 
