@@ -1,4 +1,6 @@
-/* spec.c — mopt_spec defaults and cleanup (the C form of a job spec; parsing lives in api/). */
+/* spec.c — mopt_spec defaults and cleanup (the C form of a job spec; parsing lives in api/).
+ * Trade-off: the struct is fixed-size (MOPT_MAX_PASSES, MOPT_MAX_GLOBS) so specs copy and compare
+ * as plain data; only the glob strings are owned heap memory. */
 #include <stdlib.h>
 #include <string.h>
 
