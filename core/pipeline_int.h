@@ -1,8 +1,8 @@
 /* pipeline_int.h — the pipeline's report records and the JSON writer (pipeline.c, report.c),
  * and the dynamic-quantization rewrite (dynamic.c). Internal to core/.
- * Trade-off: the report is collected as fixed records while tensors stream by and rendered once
- * at the end, rather than written incrementally, so totals can come first in any reader's view
- * and a failed run leaves no partial JSON. */
+ * Trade-off: the report is collected as small fixed records while tensors stream by and rendered
+ * once at the end (memory: one record per selected tensor) rather than written incrementally, so
+ * a failed or cancelled run leaves no partial JSON. */
 #ifndef MOPT_PIPELINE_INT_H
 #define MOPT_PIPELINE_INT_H
 
