@@ -24,11 +24,11 @@ COPY . .
 RUN make clean && make -j"$(nproc)" all
 
 FROM debian:bookworm-slim AS runtime
-# Runtime libraries only: libmicrohttpd, jansson, libuv, SQLite (daemon); protobuf-c, zstd,
+# Runtime libraries only: libmicrohttpd, jansson, libuv, SQLite, libcrypto (daemon); protobuf-c, zstd,
 # libsodium, LAPACKE (+ its LAPACK/BLAS) for the compression core in both binaries.
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libmicrohttpd12 libjansson4 libuv1 libsqlite3-0 \
+      libmicrohttpd12 libjansson4 libuv1 libsqlite3-0 libssl3 \
       libprotobuf-c1 libzstd1 libsodium23 liblapacke liblapack3 libblas3 \
       curl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -19,7 +19,7 @@ PROTO   := /usr/include/onnx/onnx.proto
 GEN     := $(BUILD)/gen
 
 PKGS_CORE   := libprotobuf-c libzstd libsodium
-PKGS_DAEMON := libmicrohttpd jansson libuv sqlite3
+PKGS_DAEMON := libmicrohttpd jansson libuv sqlite3 libcrypto
 CORE_LIBS   := $(shell pkg-config --libs $(PKGS_CORE) 2>/dev/null) -llapacke -llapack -lblas -lm
 DAEMON_LIBS := $(shell pkg-config --libs $(PKGS_DAEMON) 2>/dev/null)
 
