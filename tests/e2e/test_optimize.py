@@ -62,6 +62,8 @@ LAYERS = {
     "embedding": [("embed", "Gather", 0, 0, "nk", "E"), ("proj", "MatMul", 0, 1, "kn", "Wp")],
     "fp16_overflow": [("matmul", "MatMul", 0, 1, "kn", "W")],
     "typed_more": [("matmul1", "MatMul", 0, 1, "kn", "Wh"), ("matmul2", "MatMul", 1, 1, "kn", "Wb")],
+    "relayout": [("matmul1", "MatMul", 0, 1, "kn", "Wflat"), ("gemm2", "Gemm", 0, 1, "kn", "W2")],
+    "tied_embedding": [("embed", "Gather", 0, 0, "nk", "E"), ("lm_head", "MatMul", 0, 1, "kn", "E")],
 }
 
 # case: id -> (model, passes, checks). checks are names of functions below with arguments.
@@ -174,6 +176,28 @@ case("c16_typed_more", "typed_more", [C(16, "lut")], 0.98, None,  # 0.988
      weights=[("distinct_per_tensor", 16)])
 case("decompose_e95_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "energy": 0.95}], 0.999, 0.14)  # 0.99992, 0.123
 case("decompose_rank8_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "rank": 8}], 0.999, 0.14)
+# real-exporter shapes: tied embedding (one table, two consumers), weights through Reshape /
+# Identity, a Loop body and an If nested in an If
+case("q_int8_pc_tied_embedding", "tied_embedding", [Q("int8", "per_channel")], 0.9995, 0.33, report_names=["E"])  # 0.99998, 0.306
+case("q_int4_pc_tied_embedding", "tied_embedding", [Q("int4", "per_channel")], 0.985, None,  # 0.9937
+     weights=[("distinct_per_channel", 16), ("same_weights_both", None)])
+case("p_2_4_tied_embedding", "tied_embedding", [P(0.5, "2:4")], 0.85, 1.02,  # 0.895
+     weights=[("same_weights_both", None)])
+case("q_int8_pc_relayout", "relayout", [Q("int8", "per_channel")], 0.9995, 0.32,  # 0.99995, 0.292
+     report_names=["Wflat", "W2"],
+     weights=[("distinct_per_tensor", 255 * 64)])
+case("q_int4_pc_relayout", "relayout", [Q("int4", "per_channel")], 0.975, None,  # 0.9836
+     weights=[("distinct_per_channel", 16)])
+case("c16_relayout", "relayout", [C(16, "lut")], 0.98, 0.32,  # 0.991, 0.295
+     report_names=["Wflat", "W2"], weights=[("distinct_per_tensor", 16)])
+case("q_int8_pc_loop_model", "loop_model", [Q("int8", "per_channel")], 0.9995, 0.33,  # 0.99988, 0.307
+     report_names=["Wl", "Wn"])
+case("c16_loop_model", "loop_model", [C(16, "lut")], 0.975, 0.33,  # 0.984, 0.302
+     report_names=["Wl", "Wn"])
+case("fp16_loop_model", "loop_model", [FP16], 0.99999, 0.55,  # 1.0, 0.527
+     report_names=["Wl", "Wn"])
+case("p_2_4_loop_model", "loop_model", [P(0.5, "2:4")], 0.6, 1.02,  # 0.697
+     report_names_sparse=["Wl", "Wn"])
 # selection: include/exclude globs and min_elements
 case("sel_exclude_W2", "mlp", [Q("int8", "per_channel")], 0.9995, None, select={"exclude": ["W2"]},
      weights=[("unchanged", ["gemm2"]), ("changed", ["gemm1", "gemm3"])])
@@ -368,6 +392,8 @@ def check_weights(kind, arg, eff, orig, layers, ctx):
                 tname, e.get("sparsity"), e.get("distinct_values"), rs, rm, sp, dv,
                 "%.3f" % snr if snr is not None else "inf", mae))
             ok &= good
+        elif kind == "same_weights_both":
+            pass
         elif kind in ("unchanged", "changed"):
             if node in arg:
                 nd = int((w != o).sum())
@@ -382,6 +408,11 @@ def check_weights(kind, arg, eff, orig, layers, ctx):
         ok = bool(common)
         msgs.append("layout common to all tensors: %s" % (sorted(common) or "none"))
     ctx.pop("block_layouts", None)
+    if kind == "same_weights_both":
+        # a table shared by two consumers stays one table: both see the same values
+        a, b = to_kn(eff[layers[0][0]], layers[0][4]), to_kn(eff[layers[1][0]], layers[1][4])
+        ok = a.shape == b.shape and bool(np.array_equal(a, b))
+        msgs.append("%s vs %s: %s" % (layers[0][0], layers[1][0], "identical" if ok else "differ"))
     if kind == "global_threshold":
         # one threshold over all tensors: every pruned |w| <= every kept |w| across the model
         pr = np.concatenate([np.abs(orig[L[0]][eff[L[0]] == 0]) for L in layers])
@@ -417,6 +448,7 @@ WEIGHT_CHECK_NAMES = {
     "same_weights_as": lambda a: "effective weights identical to %s's" % a,
     "report_matches": lambda a: "report sparsity, distinct_values, snr_db (0.1 dB) and max_abs_error match the weights ORT sees",
     "global_threshold": lambda a: "global scope: one magnitude threshold across all tensors",
+    "same_weights_both": lambda a: "both consumers of the shared table see identical values",
     "unchanged": lambda a: "weights not selected stay bit-identical (%s)" % ", ".join(a),
     "changed": lambda a: "selected weights are changed (%s)" % ", ".join(a),
 }

@@ -386,6 +386,81 @@ def make_lowrank_gemm(outdir):
          "Gemm 128-256-64 (transB=1, transB=0) with rank-8 + 1% noise weights (decompose on Gemm)")
 
 
+# ------------------------------------------------------------------ real-exporter shapes ----
+def make_tied_embedding(outdir):
+    """One table E[100,32] used twice: Gather (rows) and, through Transpose, as the output
+    projection of a MatMul (tied input/output embeddings, as in GPT-2 exports)."""
+    E = w(121, (100, 32), 0.5)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"], name="embed", axis=0),
+             helper.make_node("ReduceMean", ["emb"], ["pooled"], name="pool", axes=[1], keepdims=0),
+             helper.make_node("Transpose", ["E"], ["Et"], name="transpose_e", perm=[1, 0]),
+             helper.make_node("MatMul", ["pooled", "Et"], ["logits"], name="lm_head")]
+    g = helper.make_graph(nodes, "tied_embedding", [vi("ids", TensorProto.INT64, ["N", 6])],
+                          [vi("logits", TensorProto.FLOAT, ["N", 100])], [init("E", E)])
+    ids = rng(122).integers(0, 100, (8, 6)).astype(np.int64)
+    save(outdir, "tied_embedding", mk(g, 13), {"ids": ids}, [("E", "initializer", "Gather")],
+         "tied embedding: E[100,32] feeds Gather and (via Transpose) the output MatMul")
+
+
+def make_relayout(outdir):
+    """Weights that reach their consumer only re-laid-out: flat [2048] -> Reshape -> MatMul,
+    and [64,32] -> Identity -> Gemm (transB=0)."""
+    Wf = w(131, (64, 32)).reshape(-1)
+    W2 = w(132, (32, 64))
+    shape = np.array([64, 32], dtype=np.int64)
+    nodes = [helper.make_node("Reshape", ["Wflat", "wshape"], ["W1"], name="reshape_w"),
+             helper.make_node("MatMul", ["x", "W1"], ["m1"], name="matmul1"),
+             helper.make_node("Relu", ["m1"], ["a1"], name="relu1"),
+             helper.make_node("Identity", ["W2"], ["W2i"], name="identity_w"),
+             helper.make_node("Gemm", ["a1", "W2i"], ["y"], name="gemm2")]
+    g = helper.make_graph(nodes, "relayout", [vi("x", TensorProto.FLOAT, ["N", 64])],
+                          [vi("y", TensorProto.FLOAT, ["N", 64])],
+                          [init("Wflat", Wf), init("wshape", shape), init("W2", W2)])
+    save(outdir, "relayout", mk(g, 13), {"x": x_input(133, 8, 64)},
+         [("Wflat", "initializer", "MatMul"), ("W2", "initializer", "Gemm")],
+         "weights through Reshape (flat [2048] -> [64,32]) and Identity before MatMul/Gemm")
+
+
+def make_loop_model(outdir):
+    """Loop (3 iterations) whose body applies h = Tanh(MatMul(h, Wl)) with Wl an initializer of
+    the body graph, followed by an If nested in the then-branch of another If (weights two
+    subgraph levels deep)."""
+    Wl = w(141, (64, 64))
+    Wn = w(142, (64, 32))
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "Wl"], ["hm"], name="body_matmul"),
+         helper.make_node("Tanh", ["hm"], ["h_out"], name="body_tanh"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        "loop_body", [vi("iter", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                      vi("h_in", TensorProto.FLOAT, ["N", 64])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("h_out", TensorProto.FLOAT, ["N", 64])],
+        [init("Wl", Wl)])
+    inner_then = helper.make_graph([helper.make_node("MatMul", ["h", "Wn"], ["yi"], name="inner_matmul")],
+                                   "inner_then", [], [vi("yi", TensorProto.FLOAT, ["N", 32])], [init("Wn", Wn)])
+    inner_else = helper.make_graph([helper.make_node("Constant", [], ["ze"], name="inner_zero",
+                                                     value=init("zv", np.zeros((1, 32), np.float32))),
+                                    helper.make_node("Add", ["ze", "hz"], ["ye"], name="inner_add")],
+                                   "inner_else", [], [vi("ye", TensorProto.FLOAT, ["N", 32])], [])
+    outer_then = helper.make_graph([helper.make_node("If", ["cond"], ["yo"], name="inner_if",
+                                                     then_branch=inner_then, else_branch=inner_else)],
+                                   "outer_then", [], [vi("yo", TensorProto.FLOAT, ["N", 32])], [])
+    outer_else = helper.make_graph([helper.make_node("Identity", ["hz"], ["yz"], name="outer_id")],
+                                   "outer_else", [], [vi("yz", TensorProto.FLOAT, ["N", 32])], [])
+    nodes = [helper.make_node("Loop", ["trip", "", "x"], ["h"], name="loop", body=body),
+             helper.make_node("Slice", ["h", "s0", "s1", "s_ax"], ["hz0"], name="slice"),
+             helper.make_node("Mul", ["hz0", "zero"], ["hz"], name="zero_mul"),
+             helper.make_node("If", ["cond"], ["y"], name="outer_if", then_branch=outer_then, else_branch=outer_else)]
+    g = helper.make_graph(nodes, "loop_model",
+                          [vi("x", TensorProto.FLOAT, ["N", 64]), vi("cond", TensorProto.BOOL, [])],
+                          [vi("y", TensorProto.FLOAT, ["N", 32])],
+                          [init("trip", np.array(3, np.int64)), init("s0", np.array([0], np.int64)),
+                           init("s1", np.array([32], np.int64)), init("s_ax", np.array([1], np.int64)),
+                           init("zero", np.array(0.0, np.float32))])
+    save(outdir, "loop_model", mk(g, 13), {"x": x_input(143, 8, 64), "cond": np.array(True)},
+         [("Wl", "initializer", "MatMul"), ("Wn", "initializer", "MatMul")],
+         "Loop body with a MatMul weight, and a MatMul weight inside an If nested in an If")
+
+
 # ------------------------------------------------------------------ sklearn digits MLP ----
 DIGITS_HIDDEN = (256, 128)
 
@@ -452,6 +527,9 @@ def main():
     make_fp16_overflow(outdir)
     make_typed_more(outdir)
     make_lowrank_gemm(outdir)
+    make_tied_embedding(outdir)
+    make_relayout(outdir)
+    make_loop_model(outdir)
     make_digits(outdir)
     with open(os.path.join(outdir, "models.json"), "w") as f:
         json.dump(MANIFEST, f, indent=1, sort_keys=True)
