@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -336,6 +337,49 @@ def test_signing_key_file_and_restart():
     os.chmod(path, 0o600)
     D.start()
     eq(expect(D.get("/v1/ota/public-key", token=None), 200).json, before, "key kept")
+
+
+class NoWaitDaemon(h.Daemon):
+    """moptd with MOPTD_OTA_WAIT_S=0: manifests never wait for payloads being computed."""
+
+    def cmd(self):
+        return ["/usr/bin/env", "MOPTD_OTA_WAIT_S=0"] + super().cmd()
+
+
+@test
+def test_no_wait_full_first_then_delta_on_a_later_request():
+    d = NoWaitDaemon(name="moptd-nowait")
+    d.start()
+    try:
+        a = d.upload_ok(M["A_bytes"], name="kws")["id"]
+        c = d.upload_ok(M["C_bytes"], name="kws")["id"]
+        u = d.upload_ok(h.make_mlp(seed=7, sizes=(64, 256, 128, 16)), name="kws")["id"]
+        expect(d.request("PUT", "/v1/releases/kws/stable", body={"model": a}), 200)
+        expect(d.request("PUT", "/v1/releases/kws/stable", body={"model": c}), 200)
+        # the full payload may still be computing: 503 with Retry-After, never a wait
+        deadline = time.time() + 30
+        while True:
+            r = d.get("/v1/ota/kws/stable/manifest", query={"have": u})
+            if r.status == 200:
+                break
+            err = expect_error(r, 503, "unavailable")
+            check(r.header("Retry-After") is not None, "Retry-After on 503: %r" % err)
+            check(time.time() < deadline, "full payload never became ready")
+            time.sleep(0.1)
+        check(r.elapsed < 2.0, "no long-poll with MOPTD_OTA_WAIT_S=0 (%.2fs)" % r.elapsed)
+        kinds = [p["kind"] for p in r.json["signed"]["payloads"]]
+        check(kinds in (["full"], ["delta", "full"], ["full", "delta"]), "kinds %r" % kinds)
+        print("# first answer lists %r after %.3fs" % (kinds, r.elapsed))
+        # the delta from U was queued by that request and shows up on a later one
+        deadline = time.time() + 30
+        while "delta" not in kinds:
+            check(time.time() < deadline, "delta from U never appeared")
+            time.sleep(0.1)
+            r = expect(d.get("/v1/ota/kws/stable/manifest", query={"have": u}), 200)
+            kinds = [p["kind"] for p in r.json["signed"]["payloads"]]
+        eq(spawns(d, "delta", u, c), 1, "one delta computation for U -> C")
+    finally:
+        d.stop()
 
 
 if __name__ == "__main__":
