@@ -138,7 +138,9 @@ static void work_cb(uv_work_t *req) {
     int existed = 0;
     int rc = store_blob_adopt(t->ctx->st, p->out_path, p->digest, &p->size, &existed);
     if (rc == 0) rc = store_payload_ready(c, p->row.seq, p->digest, p->size);
-    if (rc == 0) {
+    /* ECONFLICT: another moptd on the same data dir finished this row first (the encoder is
+     * deterministic, so it published the same blob). */
+    if (rc == 0 || rc == MOPT_ECONFLICT) {
       p->ok = 1;
       return;
     }
