@@ -56,7 +56,7 @@ FP16 = {"op": "fp16"}
 # "conv": [O, I, kh, kw] (output channels first, K = I*kh*kw).
 _MLP = [("gemm1", "Gemm", 0, 1, "nk", "W1"), ("gemm2", "Gemm", 1, 1, "kn", "W2"), ("gemm3", "Gemm", 2, 1, "nk", "W3")]
 LAYERS = {
-    "mlp": _MLP, "const_mlp": _MLP,
+    "mlp": _MLP, "const_mlp": _MLP, "mlp_opset21": _MLP,
     "cnn": [("conv1", "Conv", 0, 1, "conv", "Wc1"), ("conv2", "Conv", 1, 1, "conv", "Wc2"), ("fc", "Gemm", 0, 1, "nk", "Wf")],
     "matmul_transposed": [("matmul", "MatMul", 0, 1, "kn", "Wt")],
     "embedding": [("embed", "Gather", 0, 0, "nk", "E"), ("proj", "MatMul", 0, 1, "kn", "Wp")],
@@ -106,6 +106,16 @@ case("q_int8_block32", "mlp", [Q("int8", "block", block_size=32)], 0.9995, 0.36,
 case("q_int8_dynamic", "mlp", [Q("int8", "per_channel", activations="dynamic")], 0.999, 0.32,  # 0.99989, 0.293
      ops_any=["MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "ConvInteger",
               "MatMulIntegerToFloat"])
+case("q_int4_block16", "mlp", [Q("int4", "block", block_size=16)], 0.98, None,  # 0.9876
+     weights=[("distinct_per_block", (16, 16))])
+case("q_int4_block128_partial", "mlp", [Q("int4", "block", block_size=128)], 0.975, None,  # 0.9853; K=64 in W1/W3: one partial block
+     weights=[("distinct_per_block", (128, 16))])
+case("q_int8_block256", "mlp", [Q("int8", "block", block_size=256)], 0.9995, None,
+     weights=[("distinct_per_channel", 255)])
+case("q_int4_block32_opset21", "mlp_opset21", [Q("int4", "block", block_size=32)], 0.975, 0.19,
+     weights=[("distinct_per_block", (32, 16))])
+case("q_uint4_block32_opset21", "mlp_opset21", [Q("uint4", "block", block_size=32, symmetric=False)], 0.98, 0.21,
+     weights=[("distinct_per_block", (32, 16))])
 # pruning on the MLP (dense zeros: the file keeps its size)
 case("p_2_4", "mlp", [P(0.5, "2:4")], 0.75, 1.02, size_min=0.95,              # 0.812
      weights=[("nm", (2, 4)), ("survivors_exact", None), ("report_matches", None)])
@@ -132,6 +142,10 @@ case("c16_density", "mlp", [C(16, "lut", init="density")], 0.975, 0.29, weights=
 case("c16_random", "mlp", [C(16, "lut", init="random")], 0.975, 0.29, weights=[("distinct_per_tensor", 16)])    # 0.9856
 case("c4_per_channel", "mlp", [C(4, "lut", granularity="per_channel")], 0.85, 0.36,  # 0.9045, 0.334
      weights=[("distinct_per_channel", 4)])
+case("c16_random_seed1", "mlp", [C(16, "lut", init="random")], 0.975, 0.29, seed=1,
+     weights=[("distinct_per_tensor", 16), ("differs_from", "c16_random")])
+case("c16_kmeanspp_seed7", "mlp", [C(16, "lut")], 0.98, 0.29, seed=7,
+     weights=[("distinct_per_tensor", 16), ("differs_from", "c16_lut")])
 case("c256_lut", "mlp", [C(256, "lut")], 0.9999, 0.33, weights=[("distinct_per_tensor", 256)])  # 0.99996, 0.311
 case("c2_lut", "mlp", [C(2, "lut")], 0.5, 0.29, weights=[("distinct_per_tensor", 2)])  # 0.585, 0.270
 # fp16
@@ -394,6 +408,14 @@ def check_weights(kind, arg, eff, orig, layers, ctx):
             ok &= good
         elif kind == "same_weights_both":
             pass
+        elif kind == "differs_from":
+            rw = ctx["eff"].get(arg, {}).get(node)
+            if rw is None:
+                return False, "reference case %s has no weights" % arg
+            nd = int((rw != w).sum())
+            msgs.append("%s differs from %s in %d values" % (node, arg, nd))
+            ctx.setdefault("differs", 0)
+            ctx["differs"] += nd
         elif kind in ("unchanged", "changed"):
             if node in arg:
                 nd = int((w != o).sum())
@@ -408,6 +430,8 @@ def check_weights(kind, arg, eff, orig, layers, ctx):
         ok = bool(common)
         msgs.append("layout common to all tensors: %s" % (sorted(common) or "none"))
     ctx.pop("block_layouts", None)
+    if kind == "differs_from":
+        ok = ctx.pop("differs", 0) > 0
     if kind == "same_weights_both":
         # a table shared by two consumers stays one table: both see the same values
         a, b = to_kn(eff[layers[0][0]], layers[0][4]), to_kn(eff[layers[1][0]], layers[1][4])
@@ -448,6 +472,7 @@ WEIGHT_CHECK_NAMES = {
     "same_weights_as": lambda a: "effective weights identical to %s's" % a,
     "report_matches": lambda a: "report sparsity, distinct_values, snr_db (0.1 dB) and max_abs_error match the weights ORT sees",
     "global_threshold": lambda a: "global scope: one magnitude threshold across all tensors",
+    "differs_from": lambda a: "another seed gives other centroids than %s (the seed is used)" % a,
     "same_weights_both": lambda a: "both consumers of the shared table see identical values",
     "unchanged": lambda a: "weights not selected stay bit-identical (%s)" % ", ".join(a),
     "changed": lambda a: "selected weights are changed (%s)" % ", ".join(a),
@@ -486,6 +511,8 @@ def run(tap, work):
         spec = {"passes": c["passes"]}
         if c["extra"].get("select"):
             spec["select"] = c["extra"]["select"]
+        if c["extra"].get("seed") is not None:
+            spec["seed"] = c["extra"]["seed"]
         rc, so, se = E.mopt(inp, out, spec, rep)
         return cid + suffix, (rc, so, se, inp, out, rep)
 
@@ -782,6 +809,11 @@ def run(tap, work):
     rc, so, se = E.mopt_cmd(["optimize", rt_in, "-o", xo, "--spec", bad_spec])
     tap.ok(rc == 1 and not os.path.exists(xo) and "sparsity" in se,
            "a spec with sparsity 1.5 exits 1, names /passes/0/sparsity, writes nothing", "rc=%d %s" % (rc, se[-300:]))
+    with open(bad_spec, "w") as f:   # openapi.yaml: block_size is one of 16, 32, 64, 128, 256
+        json.dump({"passes": [Q("int4", "block", block_size=48)]}, f)
+    rc, so, se = E.mopt_cmd(["optimize", rt_in, "-o", xo, "--spec", bad_spec])
+    tap.ok(rc == 1 and not os.path.exists(xo) and "block_size" in se,
+           "block_size 48 (not in 16..256 powers of two) exits 1, names block_size, writes nothing", "rc=%d %s" % (rc, se[-300:]))
     return tap.done()
 
 
