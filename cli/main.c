@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,11 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   if (argc < 2) { usage(stderr); return CLI_USAGE; }
+  /* Tensor-sized buffers come and go once per weight; served from the heap and kept (instead of
+   * fresh mmaps returned at every free) they are reused without page faults, which dominate
+   * the optimizer's system time. Peak RSS is unchanged: freed memory is reused, not added. */
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   const char *cmd = argv[1];
   if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
     printf("mopt %s\n", MOPT_VERSION);

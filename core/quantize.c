@@ -40,13 +40,21 @@ size_t mopt_qlayout_groups(const mopt_qlayout *l) {
   }
 }
 
+/* Round half to even for |v| <= 2^22 in the default rounding mode: adding 1.5 * 2^23 leaves no
+ * fraction bits, so the FPU's own round-to-nearest-even does the work (no libm call, which is
+ * what nearbyintf costs without SSE4.1). */
+static inline float round_half_even(float v) {
+  const float magic = 12582912.0f;
+  return (v + magic) - magic;
+}
+
 int32_t mopt_quant1(float x, float scale, int32_t zp, int32_t qmin, int32_t qmax) {
   float v = x / scale;
   if (v != v) return zp;                       /* NaN → the zero */
   float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
   if (v < lo) v = lo;
-  if (v > hi) v = hi;
-  int32_t q = (int32_t)nearbyintf(v) + zp;
+  if (v > hi) v = hi;                          /* now |v| <= 510: the trick below is exact */
+  int32_t q = (int32_t)round_half_even(v) + zp;
   if (q < qmin) q = qmin;
   if (q > qmax) q = qmax;
   return q;
@@ -186,25 +194,71 @@ int mopt_quantize_tensor_ref(const float *x, const mopt_qlayout *l, const mopt_q
   return 0;
 }
 
+/* A run of n elements sharing one (scale, zp): the same arithmetic as mopt_quant1, written as a
+ * plain loop the compiler can keep in registers (NaN is mapped to 0 first, i.e. to the zero). */
+static void quant_run(const float *x, size_t n, float s, int32_t zp, int32_t qmin, int32_t qmax,
+                      int32_t *q, float *deq) {
+  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp), magic = 12582912.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i] / s;
+    v = v == v ? v : 0.0f;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    q[i] = (int32_t)((v + magic) - magic) + zp;
+  }
+  if (deq)
+    for (size_t i = 0; i < n; i++) deq[i] = (float)(q[i] - zp) * s;
+}
+
+/* A run of n elements whose group advances with the element: scales[i], zps[i]. */
+static void quant_run_vec(const float *x, size_t n, const float *s, const int32_t *zp, int32_t qmin,
+                          int32_t qmax, int32_t *q, float *deq) {
+  const float magic = 12582912.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i] / s[i];
+    float lo = (float)(qmin - zp[i]), hi = (float)(qmax - zp[i]);
+    v = v == v ? v : 0.0f;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    q[i] = (int32_t)((v + magic) - magic) + zp[i];
+  }
+  if (deq)
+    for (size_t i = 0; i < n; i++) deq[i] = (float)(q[i] - zp[i]) * s[i];
+}
+
 void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, const float *scales,
                          const int32_t *zps, int32_t *q, float *deq) {
   int32_t qmin = 0, qmax = 0;
   mopt_qrange(qtype, &qmin, &qmax);
-  const int64_t D = l->v.dim, I = l->v.inner;
-  int64_t nb = l->gran == 2 ? (D + l->block_size - 1) / l->block_size : 1;
-  size_t e = 0;
-  for (int64_t o = 0; o < l->v.outer; o++)
-    for (int64_t d = 0; d < D; d++) {
-      size_t gb = l->gran == 0 ? 0 : l->gran == 1 ? (size_t)d
-                                 : (size_t)((o * nb + d / l->block_size) * I);
-      size_t gs = l->gran == 2 ? 1 : 0;        /* groups advance with i only for blocks */
-      for (int64_t i = 0; i < I; i++, e++) {
-        size_t g = gb + gs * (size_t)i;
-        int32_t v = mopt_quant1(x[e], scales[g], zps[g], qmin, qmax);
-        q[e] = v;
-        if (deq) deq[e] = mopt_dequant1(v, scales[g], zps[g]);
-      }
+  const int64_t O = l->v.outer, D = l->v.dim, I = l->v.inner;
+  size_t n = (size_t)(O * D * I);
+#define DQ(e) (deq ? deq + (e) : NULL)
+  if (l->gran == 0) {
+    quant_run(x, n, scales[0], zps[0], qmin, qmax, q, deq);
+  } else if (l->gran == 1) {
+    for (int64_t o = 0; o < O; o++) {
+      size_t e = (size_t)(o * D * I);
+      if (I == 1) quant_run_vec(x + e, (size_t)D, scales, zps, qmin, qmax, q + e, DQ(e));
+      else
+        for (int64_t d = 0; d < D; d++, e += (size_t)I)
+          quant_run(x + e, (size_t)I, scales[d], zps[d], qmin, qmax, q + e, DQ(e));
     }
+  } else {
+    const int64_t bs = l->block_size, nb = (D + bs - 1) / bs;
+    for (int64_t o = 0; o < O; o++)
+      for (int64_t d = 0; d < D; d++) {
+        size_t e = (size_t)((o * D + d) * I), g = (size_t)((o * nb + d / bs) * I);
+        if (I > 1) {
+          quant_run_vec(x + e, (size_t)I, scales + g, zps + g, qmin, qmax, q + e, DQ(e));
+        } else {                               /* inner 1: a whole block shares its group */
+          int64_t d1 = (d / bs + 1) * bs;
+          if (d1 > D) d1 = D;
+          quant_run(x + e, (size_t)(d1 - d), scales[g], zps[g], qmin, qmax, q + e, DQ(e));
+          d = d1 - 1;
+        }
+      }
+  }
+#undef DQ
 }
 
 int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconfig *c,
