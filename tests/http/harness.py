@@ -43,9 +43,24 @@ def _pin_binaries():
     import shutil
     pin = tempfile.mkdtemp(prefix="moptd-http-bin-")
     atexit.register(shutil.rmtree, pin, True)
+    def settled(src, wait):
+        """Waits (up to wait s) for src to exist and stop changing (a link in progress)."""
+        deadline = time.time() + wait
+        last = None
+        while time.time() < deadline:
+            try:
+                st = os.stat(src)
+                cur = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                cur = None
+            if cur is not None and cur == last and os.access(src, os.X_OK):
+                return True
+            last = cur
+            time.sleep(0.5)
+        return os.access(src, os.X_OK)
     for name in ("moptd", "mopt"):
         src = os.path.join(BUILD, name)
-        if os.access(src, os.X_OK):
+        if settled(src, 120 if name == "moptd" else 30):
             dst = os.path.join(pin, name)
             shutil.copy2(src, dst)
             if name == "moptd":
