@@ -108,6 +108,8 @@ typedef struct api_limits {
   uint32_t max_queued_jobs;      /* 429 past it */
   uint32_t max_wait_s;           /* cap for ?wait= */
   uint32_t retry_after_s;        /* Retry-After on 429 */
+  uint32_t ota_manifest_ttl_s;   /* manifest expiry = now + this; 0 = 86400 */
+  uint32_t ota_wait_s;           /* how long a manifest waits for a pending payload */
 } api_limits;
 
 typedef struct api_auth api_auth;
@@ -159,10 +161,9 @@ int api_model_register_file(api_ctx *ctx, const char *path, const char *name,
 /* OTA (api/ota.c). Loads the manifest signing key pair from <data dir>/ota-signing.key, creating
  * it on first start (ed25519 via libsodium; written to a temp file with mode 0600, fsync'd,
  * then link()ed into place so concurrent first starts agree on one key; fsync of the dir).
- * Refuses a key file readable by group or others, or of the wrong size. Reads
- * MOPTD_OTA_MANIFEST_TTL_S (manifest lifetime, default 86400 s, 60..31536000) and
- * MOPTD_OTA_WAIT_S (how long a manifest request may wait for payloads being computed,
- * default 10 s, 0..60). Sets ctx->ota. Call once at start-up, before serving.
+ * Refuses a key file readable by group or others, or of the wrong size. Takes the manifest
+ * lifetime and the payload wait from ctx->limits (the server's config table:
+ * ota_manifest_ttl_s, ota_wait_s). Sets ctx->ota. Call once at start-up, before serving.
  * Returns 0, MOPT_EIO / MOPT_EINVAL with diag. */
 int api_ota_init(api_ctx *ctx, mopt_diag *diag);
 /* Long-poll key a manifest request waits on while payload row seq is computed:

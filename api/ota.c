@@ -6,7 +6,7 @@
  * requests share one row), and the server's payload task queue (server/payload_tasks.c) runs
  * `mopt pack` / `mopt delta` for pending rows. A manifest request whose payloads are still
  * pending long-polls (suspended connection, no thread held) on that payload's key up to
- * MOPTD_OTA_WAIT_S, then answers with what is ready: a delta still being computed is simply
+ * ota_wait_s (config table; MOPTD_OTA_WAIT_S), then answers with what is ready: a delta still being computed is simply
  * left out (the full payload is always listed; if even the full one is not ready the answer
  * is 503 with Retry-After). Trade-off: the device may get a larger payload the first time a
  * new base shows up, in exchange for manifests that never block on a slow delta.
@@ -68,21 +68,6 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
     p += w;
     n -= (size_t)w;
   }
-  return 0;
-}
-
-static int env_u32(const char *name, uint32_t def, uint32_t lo, uint32_t hi, uint32_t *out,
-                   mopt_diag *diag) {
-  const char *v = getenv(name);
-  *out = def;
-  if (!v || !*v) return 0;
-  char *end = NULL;
-  errno = 0;
-  unsigned long x = strtoul(v, &end, 10);
-  if (errno || !end || *end || x < lo || x > hi)
-    return mopt_diag_set(diag, MOPT_EINVAL, name, "%s must be an integer in %u..%u (got '%s')",
-                         name, lo, hi, v);
-  *out = (uint32_t)x;
   return 0;
 }
 
@@ -164,9 +149,10 @@ int api_ota_init(api_ctx *ctx, mopt_diag *diag) {
   if (sodium_init() < 0) return mopt_diag_set(diag, MOPT_EINTERNAL, "libsodium", "sodium_init");
   api_ota *o = &g_ota;
   memset(o, 0, sizeof *o);
-  int rc = env_u32("MOPTD_OTA_MANIFEST_TTL_S", 86400, 60, 31536000, &o->ttl_s, diag);
-  if (rc == 0) rc = env_u32("MOPTD_OTA_WAIT_S", 10, 0, 60, &o->wait_s, diag);
-  if (rc) return rc;
+  /* Both come from the server's config table (flags, MOPTD_OTA_* env, config file). */
+  o->ttl_s = ctx->limits.ota_manifest_ttl_s ? ctx->limits.ota_manifest_ttl_s : 86400;
+  o->wait_s = ctx->limits.ota_wait_s;
+  int rc;
   const char *dir = store_data_dir(ctx->st);
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", dir, OTA_KEY_FILE);

@@ -78,9 +78,14 @@ static const srv_option options[] = {
    "on SIGTERM, how long to wait for in-flight requests to finish"},
   {"log_level", "MOPTD_LOG_LEVEL", OPT_LEVEL, 0, 3, "info", F(log_level),
    "least severe log level written: debug, info, warn, error"},
+  {"ota_manifest_ttl_s", "MOPTD_OTA_MANIFEST_TTL_S", OPT_U32, 60, 31536000, "86400",
+   F(ota_manifest_ttl_s), "OTA manifests expire this many seconds after they are issued"},
+  {"ota_wait_s", "MOPTD_OTA_WAIT_S", OPT_U32, 0, 60, "10", F(ota_wait_s),
+   "how long a manifest request waits for a payload still being computed before answering "
+   "with what is ready"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
-_Static_assert(sizeof options / sizeof options[0] == 19, "option table size");
+_Static_assert(sizeof options / sizeof options[0] == 21, "option table size");
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 

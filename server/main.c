@@ -117,6 +117,8 @@ int main(int argc, char **argv) {
   ctx.limits.max_queued_jobs = cfg.max_queued_jobs;
   ctx.limits.max_wait_s = cfg.max_wait_s;
   ctx.limits.retry_after_s = cfg.retry_after_s;
+  ctx.limits.ota_manifest_ttl_s = cfg.ota_manifest_ttl_s;
+  ctx.limits.ota_wait_s = cfg.ota_wait_s;
   ctx.hooks.jobs_submitted = hook_submitted;
   ctx.hooks.job_cancel = hook_cancel;
   ctx.hooks.job_changed = hook_changed;

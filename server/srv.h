@@ -46,6 +46,8 @@ typedef struct srv_config {
   uint32_t retry_after_s;
   uint32_t drain_timeout_s;
   uint32_t log_level;        /* srv_log_level */
+  uint32_t ota_manifest_ttl_s;
+  uint32_t ota_wait_s;
 } srv_config;
 
 /* Environment lookup used by srv_config_load (getenv-compatible; tests inject their own). */
