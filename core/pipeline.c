@@ -845,6 +845,13 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       rt->rank = s.lowrank ? s.rank : 0;
     }
     t0 = now_ms();
+    /* peak memory: the float copies are not needed by the structured encoders */
+    free(s.orig);
+    s.orig = NULL;
+    if (s.lowrank || s.quantized || (s.clustered && s.cenc == MOPT_ENC_LUT) || s.f16) {
+      free(s.vals);
+      s.vals = NULL;
+    }
     rc = encode(&c, &s, rt);
     rep.encode_ms += now_ms() - t0;
     state_free(&s);
