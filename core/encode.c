@@ -710,32 +710,34 @@ int mopt_weight_set_lowrank(mopt_model *m, const mopt_weight *w, int64_t rank, c
     r->lr_rewrite = stored_t ? 2 : 1;
     return 0;
   }
-  /* W = A·B as a MatMul feeding the consumer (constant-folded by runtimes);
+  /* W = A·B as a MatMul feeding the consumer (constant-folded by runtimes), computed in
+   * float32 (runtimes lack MatMul for some dtypes, e.g. bfloat16 on CPU) and cast back;
    * stored-transposed weights get W^T = B^T·A^T. */
+  char *tmp;
+  const char *res = result_name(&e, w, &tmp);
   if (stored_t) {
     float *bt = transpose_f(b, rank, C), *at = transpose_f(a, R, rank);
     int64_t btd[2] = {C, rank}, atd[2] = {rank, R};
-    void *bb = bt ? pack_float(bt, (uint64_t)(rank * C), w->dtype, &len) : NULL;
-    emit_tensor(&e, bn, w->dtype, btd, 2, bb, len);
-    void *ab = at ? pack_float(at, (uint64_t)(R * rank), w->dtype, &len) : NULL;
-    emit_tensor(&e, an, w->dtype, atd, 2, ab, len);
-    free(bt); free(at);
-    if (e.oom) { emit_free(&e); return MOPT_ENOMEM; }
+    emit_tensor(&e, bn, MOPT_DT_FLOAT, btd, 2, bt, (size_t)(rank * C) * 4);
+    emit_tensor(&e, an, MOPT_DT_FLOAT, atd, 2, at, (size_t)(R * rank) * 4);
+    if (e.oom) { free(tmp); emit_free(&e); return MOPT_ENOMEM; }
     const char *in[2] = {bn ? bn : "", an ? an : ""};
     char *nn = mkname(w->name, "lr_matmul");
-    emit_node(&e, "MatMul", in, 2, w->name, nn ? nn : "");
+    emit_node(&e, "MatMul", in, 2, res, nn ? nn : "");
     free(nn);
   } else {
-    void *ab = pack_float(a, (uint64_t)(R * rank), w->dtype, &len);
-    emit_tensor(&e, an, w->dtype, adims, 2, ab, len);
-    void *bb = pack_float(b, (uint64_t)(rank * C), w->dtype, &len);
-    emit_tensor(&e, bn, w->dtype, bdims, 2, bb, len);
-    if (e.oom) { emit_free(&e); return MOPT_ENOMEM; }
+    float *ac = malloc((size_t)(R * rank) * 4), *bc = malloc((size_t)(rank * C) * 4);
+    if (ac) memcpy(ac, a, (size_t)(R * rank) * 4);
+    if (bc) memcpy(bc, b, (size_t)(rank * C) * 4);
+    emit_tensor(&e, an, MOPT_DT_FLOAT, adims, 2, ac, (size_t)(R * rank) * 4);
+    emit_tensor(&e, bn, MOPT_DT_FLOAT, bdims, 2, bc, (size_t)(rank * C) * 4);
+    if (e.oom) { free(tmp); emit_free(&e); return MOPT_ENOMEM; }
     const char *in[2] = {an ? an : "", bn ? bn : ""};
     char *nn = mkname(w->name, "lr_matmul");
-    emit_node(&e, "MatMul", in, 2, w->name, nn ? nn : "");
+    emit_node(&e, "MatMul", in, 2, res, nn ? nn : "");
     free(nn);
   }
+  emit_final_cast(&e, w, tmp);
   return emit_commit(m, w, &e, MOPT_WENC_LOWRANK);
 }
 

@@ -403,6 +403,16 @@ static int open_in_bundle(int dirfd, const char *rel, const char *where, mopt_di
     return mopt_diag_set(diag, MOPT_EMODEL, where, "external data location is too long");
   char path[PATH_MAX];
   strcpy(path, rel);
+  /* refuse any ".." (or ".") component before touching the file system */
+  for (const char *c = rel; *c;) {
+    size_t n = strcspn(c, "/");
+    if ((n == 2 && c[0] == '.' && c[1] == '.') || (n == 1 && c[0] == '.') || memchr(c, '\\', n))
+      return mopt_diag_set(diag, MOPT_EMODEL, where,
+                           "external data location \"%s\" leaves the bundle (\"%.*s\")", rel,
+                           (int)n, c);
+    c += n;
+    while (*c == '/') c++;
+  }
   int cur = dup(dirfd);
   if (cur < 0) return mopt_diag_set(diag, MOPT_EIO, where, "dup: %s", strerror(errno));
   char *save = NULL;
@@ -740,6 +750,15 @@ static int load_impl(const uint8_t *buf, size_t len, const mopt_load_limits *lim
     m->borrow = buf;
     m->borrow_len = len;
     m->borrow_mapped = map_owned;
+  }
+  if (borrow && sodium_init() < 0) { /* no nonce source: fall back to copying */
+    m->borrow = NULL;
+    m->borrow_len = 0;
+    borrow = 0;
+    if (map_owned) { munmap((void *)(uintptr_t)buf, len); map_owned = 0; }
+    /* buf is gone: this path is only reachable for mapped files; report it */
+    mopt_model_destroy(m);
+    return mopt_diag_set(diag, MOPT_EINTERNAL, "", "libsodium initialization failed");
   }
   Onnx__ModelProto *pb = borrow ? unpack_borrowed(buf, len, wc.nmsgs)
                                 : onnx__model_proto__unpack(NULL, len, len ? buf : (const uint8_t *)"");

@@ -548,6 +548,27 @@ static void test_lowrank(void **state) {
     mb_free(pm);
     mopt_model_destroy(m);
   }
+  /* fp16 model: the MatMul(A, B) fallback computes in float32 and casts back to float16 */
+  {
+    mopt_model *m = load_enc(17, MOPT_DT_FLOAT16);
+    const mopt_weight *w = wget(m, "Wk");
+    float *f, *a, *b, *got;
+    int64_t rank;
+    mopt_diag d;
+    assert_int_equal(mopt_weight_read_f32(m, w, &f, &d), 0);
+    lowrank_factors(w, f, &rank, &a, &b);
+    assert_int_equal(mopt_weight_set_lowrank(m, w, rank, a, b, &d), 0);
+    assert_int_equal(mopt_weight_read_f32(m, w, &got, &d), 0);
+    check_close(got, f, w->nelem, 0, "fp16 lowrank"); /* f is exactly representable */
+    Onnx__ModelProto *pm = save_check(m);
+    const Onnx__NodeProto *c = find_producer(pm->graph, "Wk", NULL);
+    assert_string_equal(c->op_type, "Cast");
+    assert_int_equal(node_int(c, "to", 0), MOPT_DT_FLOAT16);
+    assert_string_equal(find_producer(pm->graph, "Wk__mopt_f32", NULL)->op_type, "MatMul");
+    mb_free(pm);
+    free(f); free(a); free(b); free(got);
+    mopt_model_destroy(m);
+  }
   /* not for non-2-D or non-MatMul consumers */
   mopt_model *m = load_enc(13, MOPT_DT_FLOAT);
   const mopt_weight *b2 = wget(m, "b2");
