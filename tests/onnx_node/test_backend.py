@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# test_backend.py — ONNX backend test data (libonnx-testdata) through mopt: zero-pass round trip runs in ONNX Runtime with outputs equal to the original's, and `mopt inspect --json` works on every model (TAP).
+# test_backend.py — ONNX backend test data (libonnx-testdata) through mopt: zero-pass round trip equal in ONNX Runtime, `mopt inspect --json` on every model, every technique on the models with weights still runs (TAP).
 """For every directory under /usr/share/libonnx-testdata/data (node, simple, pytorch-converted,
 pytorch-operator; "real" holds only download URLs) that has model.onnx and
 test_data_set_*/input_*.pb:
@@ -10,7 +10,12 @@ test_data_set_*/input_*.pb:
   4. ONNX Runtime runs OUT on the stored inputs with outputs bit-identical to the original's
      (NaN == NaN). Models ORT itself cannot load or run on those inputs, or whose inputs are
      not plain tensors (sequences, optionals), are skipped and counted ("# SKIP"); models with
-     random ops only need matching names, dtypes and shapes.
+     random ops only need matching names, dtypes and shapes;
+  5. on the models with weights (`inspect` lists an is_weight tensor of >= 16 elements; about 30,
+     mostly the opset-6 pytorch-converted Conv/Linear models), every technique in TECHS with
+     min_elements 16 exits 0 and its output loads and runs in ONNX Runtime wherever the original
+     does, with the same output names, dtypes and shapes (cosine < 0.99 is listed as information:
+     the weights are tiny, so no bound is claimed).
 One TAP line per check per data directory; failing model names are listed under the line.
 Runtime is bounded by running mopt in a thread pool and all ORT sessions in two node processes.
 Env: MOPT_BUILD (default build), MOPT_ONNX_DATA (default /usr/share/libonnx-testdata/data),
@@ -22,7 +27,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +36,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import e2e_common as E  # noqa: E402
 
 DATA = os.environ.get("MOPT_ONNX_DATA", "/usr/share/libonnx-testdata/data")
+# techniques run on every backend model that has weights (is_weight, >= 16 elements)
+TECHS = {
+    "int8 per-channel": [{"op": "quantize", "dtype": "int8", "granularity": "per_channel"}],
+    "uint8 per-tensor affine": [{"op": "quantize", "dtype": "uint8", "granularity": "per_tensor", "symmetric": False}],
+    "int4 block 16": [{"op": "quantize", "dtype": "int4", "granularity": "block", "block_size": 16}],
+    "int8 dynamic": [{"op": "quantize", "dtype": "int8", "granularity": "per_channel", "activations": "dynamic"}],
+    "2:4 pruning": [{"op": "prune", "sparsity": 0.5, "pattern": "2:4"}],
+    "channel pruning": [{"op": "prune", "sparsity": 0.25, "pattern": "channel"}],
+    "16 clusters lut": [{"op": "cluster", "clusters": 16, "encoding": "lut"}],
+    "fp16": [{"op": "fp16"}],
+    "decompose": [{"op": "decompose", "energy": 0.9}],
+}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
               "Bernoulli", "Dropout"}
 
@@ -133,10 +149,11 @@ def run(tap, work):
     with open(spec, "w") as f:
         json.dump({"passes": []}, f)
 
-    qspec = os.path.join(work, "int8.json")
-    with open(qspec, "w") as f:
-        json.dump({"passes": [{"op": "quantize", "dtype": "int8", "granularity": "per_channel"}],
-                   "select": {"min_elements": 16}}, f)
+    tspecs = {}
+    for tname, passes in TECHS.items():
+        tspecs[tname] = os.path.join(work, tname + ".json")
+        with open(tspecs[tname], "w") as f:
+            json.dump({"passes": passes, "select": {"min_elements": 16}}, f)
 
     def per_model(idx):
         group, name, d = models[idx]
@@ -146,11 +163,15 @@ def run(tap, work):
         out, out2 = os.path.join(w, "rt.onnx"), os.path.join(w, "rt2.onnx")
         r = {"group": group, "name": name}
         rc, so, se = E.mopt_cmd(["inspect", src, "--json"], timeout=60)
+        js = None
         try:
             js = json.loads(so) if rc == 0 else None
             r["inspect"] = None if isinstance(js, dict) else "rc=%d %s" % (rc, (se or so).strip()[-300:])
         except ValueError as e:
             r["inspect"] = "stdout is not one JSON object: %s" % e
+        # models with weights the techniques would touch (is_weight, >= 16 elements)
+        r["weighted"] = isinstance(js, dict) and any(
+            isinstance(t, dict) and t.get("is_weight") and (t.get("elements") or 0) >= 16 for t in js.get("tensors", []))
         rc, so, se = E.mopt_cmd(["optimize", src, "-o", out, "--spec", spec], timeout=120)
         r["rt"] = None if rc == 0 and os.path.exists(out) else "rc=%d %s" % (rc, se.strip()[-300:])
         r["out"] = out if r["rt"] is None else None
@@ -170,11 +191,14 @@ def run(tap, work):
             else:
                 with open(out, "rb") as f1, open(out2, "rb") as f2:
                     r["stable"] = None if f1.read() == f2.read() else "second round trip differs"
-        # quantize every weight ONNX Runtime would see as one (min_elements 16): must still load/run
-        outq = os.path.join(w, "q.onnx")
-        rc, so, se = E.mopt_cmd(["optimize", src, "-o", outq, "--spec", qspec], timeout=120)
-        r["q"] = None if rc == 0 and os.path.exists(outq) else "rc=%d %s" % (rc, se.strip()[-300:])
-        r["outq"] = outq if r["q"] is None else None
+        # every technique on the models that have weights (min_elements 16): must still load/run
+        r["tech"], r["tech_out"] = {}, {}
+        if r["weighted"]:
+            for tname, tspec in tspecs.items():
+                to = os.path.join(w, tname + ".onnx")
+                rc, so, se = E.mopt_cmd(["optimize", src, "-o", to, "--spec", tspec], timeout=120)
+                r["tech"][tname] = None if rc == 0 and os.path.exists(to) else "rc=%d %s" % (rc, se.strip()[-300:])
+                r["tech_out"][tname] = to if r["tech"][tname] is None else None
         try:
             feeds, why, random = prepare_inputs(d, os.path.join(w, "in"))
         except Exception as e:  # noqa: BLE001
@@ -196,9 +220,10 @@ def run(tap, work):
         if r["out"]:
             jobs.append({"model": r["out"], "inputs": r["feeds"]})
             keys.append((i, "rt"))
-        if r["outq"]:
-            jobs.append({"model": r["outq"], "inputs": r["feeds"]})
-            keys.append((i, "q"))
+        for tname, to in r["tech_out"].items():
+            if to:
+                jobs.append({"model": to, "inputs": r["feeds"]})
+                keys.append((i, tname))
     half = (len(jobs) + 1) // 2
     halves = [(jobs[:half], os.path.join(work, "ort_a")), (jobs[half:], os.path.join(work, "ort_b"))]
     with ThreadPoolExecutor(max_workers=2) as ex:
@@ -256,32 +281,36 @@ def run(tap, work):
                         if a.shape == b.shape and a.dtype.kind in "fiub" else "n/a"))
         tap.ok(not bad, "%s: round trip runs in ONNX Runtime with outputs equal to the original's (%d models)" % (g, checked),
                "\n".join(bad))
-        line("q", "int8 per-channel (min_elements 16) mopt optimize exits 0")
-        # int8: loads and runs wherever the original runs, same output names/dtypes/shapes
-        qbad, qn, lowcos = [], 0, []
-        for r in rs:
-            i = res.index(r)
-            o = ort.get((i, "orig"))
-            if r["feeds"] is None or not o or "outputs" not in o or not r["outq"]:
-                continue
-            qn += 1
-            t = ort.get((i, "q"))
-            if not t or "outputs" not in t:
-                qbad.append("%s: ORT fails on the int8 output: %s" % (r["name"], (t or {}).get("error")))
-                continue
-            for k in o["outputs"]:
-                a, b = o["outputs"][k], t["outputs"].get(k)
-                if b is None or a.dtype != b.dtype or a.shape != b.shape:
-                    qbad.append("%s: output %s dtype/shape differ" % (r["name"], k))
-                elif a.dtype.kind == "f" and a.size and not r["random"] and np.isfinite(a).all():
-                    c = E.cosine(a, b)
-                    if c < 0.99:
-                        lowcos.append("%s/%s cosine %.4f" % (r["name"], k, c))
-        tap.ok(not qbad, "%s: int8 per-channel output loads and runs in ONNX Runtime wherever the original does, "
-               "outputs keep names/dtypes/shapes (%d models)" % (g, qn), "\n".join(qbad))
-        if lowcos:
-            tap.note("%s: int8 outputs with cosine < 0.99 vs the original (information, tiny weights): %s"
-                     % (g, "; ".join(lowcos[:30])))
+        wrs = [r for r in rs if r["weighted"]]
+        for tname in (TECHS if wrs else ()):
+            for r in wrs:
+                r["_t"] = r["tech"].get(tname)
+            line("_t", "%s (min_elements 16) mopt optimize exits 0 on the models with weights" % tname, wrs)
+            # loads and runs wherever the original does, same output names/dtypes/shapes
+            qbad, qn, lowcos = [], 0, []
+            for r in wrs:
+                i = res.index(r)
+                o = ort.get((i, "orig"))
+                if r["feeds"] is None or not o or "outputs" not in o or not r["tech_out"].get(tname):
+                    continue
+                qn += 1
+                t = ort.get((i, tname))
+                if not t or "outputs" not in t:
+                    qbad.append("%s: ORT fails on the %s output: %s" % (r["name"], tname, (t or {}).get("error")))
+                    continue
+                for k in o["outputs"]:
+                    a, b = o["outputs"][k], t["outputs"].get(k)
+                    if b is None or a.dtype != b.dtype or a.shape != b.shape:
+                        qbad.append("%s: output %s dtype/shape differ" % (r["name"], k))
+                    elif a.dtype.kind == "f" and a.size and not r["random"] and np.isfinite(a).all():
+                        c = E.cosine(a, b)
+                        if c < 0.99:
+                            lowcos.append("%s/%s cosine %.4f" % (r["name"], k, c))
+            tap.ok(not qbad, "%s: %s output loads and runs in ONNX Runtime wherever the original does, "
+                   "outputs keep names/dtypes/shapes (%d models)" % (g, tname, qn), "\n".join(qbad))
+            if lowcos:
+                tap.note("%s: %s outputs with cosine < 0.99 vs the original (information: tiny weights): %s"
+                         % (g, tname, "; ".join(lowcos[:30])))
         if skipped:
             tap.skip("%s: %d of %d models not compared in ONNX Runtime" % (g, len(skipped), n),
                      "ORT cannot run the original on its stored inputs, or the inputs are not plain tensors")
