@@ -202,15 +202,27 @@ enum { EL_NONE = 0, EL_MODEL, EL_GRAPH, EL_NODE, EL_ATTR, EL_TENSOR };
 typedef struct strip_ctx {
   const uint8_t *base;
   uint8_t *out;
-  size_t olen, ocap;
+  size_t olen, ocap, lim;
   uint8_t nonce[8];
   size_t *poff, *plen;
   size_t np, capp;
   int err;
 } strip_ctx;
 
+/* The output grows on demand (it is usually tiny next to the file, and reserving the file's
+ * size up front would count against the worker's RLIMIT_AS); lim bounds it for safety. */
 static void strip_put(strip_ctx *c, const uint8_t *p, size_t n) {
-  if (c->err || n > c->ocap - c->olen) { c->err = 1; return; }
+  if (c->err) return;
+  if (n > c->lim - c->olen) { c->err = 1; return; }
+  if (n > c->ocap - c->olen) {
+    size_t nc = c->ocap ? c->ocap : 1 << 16;
+    while (nc - c->olen < n) nc *= 2;
+    if (nc > c->lim) nc = c->lim;
+    uint8_t *no = realloc(c->out, nc);
+    if (!no) { c->err = 1; return; }
+    c->out = no;
+    c->ocap = nc;
+  }
   memcpy(c->out + c->olen, p, n);
   c->olen += n;
 }
@@ -351,13 +363,11 @@ void mopt_int_free_node(const mopt_model *m, Onnx__NodeProto *n) {
 /* Unpacks with large payloads borrowed from buf (see above); NULL on failure. */
 static Onnx__ModelProto *unpack_borrowed(const uint8_t *buf, size_t len, uint64_t nmsgs) {
   strip_ctx c = {.base = buf};
-  c.ocap = len + 4 * (size_t)nmsgs + 64;
-  c.out = malloc(c.ocap);
-  if (!c.out) return NULL;
+  c.lim = len + 4 * (size_t)nmsgs + 64;
   randombytes_buf(c.nonce, sizeof c.nonce);
   strip_msg(&c, 0, len, EL_MODEL);
   Onnx__ModelProto *pb = NULL;
-  if (!c.err) pb = onnx__model_proto__unpack(NULL, c.olen, c.out);
+  if (!c.err) pb = onnx__model_proto__unpack(NULL, c.olen, c.out ? c.out : (const uint8_t *)"");
   free(c.out);
   if (pb && pb->graph) restore_graph(&c, pb->graph);
   free(c.poff);
