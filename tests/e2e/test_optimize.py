@@ -188,8 +188,8 @@ case("q_int8_pc_typed_more", "typed_more", [Q("int8", "per_channel")], 0.9995, N
      report_dtypes={"Wh": "float16", "Wb": "bfloat16"})
 case("c16_typed_more", "typed_more", [C(16, "lut")], 0.98, None,  # 0.988
      weights=[("distinct_per_tensor", 16)])
-case("decompose_e95_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "energy": 0.95}], 0.999, 0.14)  # 0.99992, 0.123
-case("decompose_rank8_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "rank": 8}], 0.999, 0.14)
+case("decompose_e95_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "energy": 0.95}], 0.999, 0.17)  # 0.99994, 0.157
+case("decompose_rank8_lowrank_gemm", "lowrank_gemm", [{"op": "decompose", "rank": 8}], 0.999, 0.17)
 # real-exporter shapes: tied embedding (one table, two consumers), weights through Reshape /
 # Identity, a Loop body and an If nested in an If
 case("q_int8_pc_tied_embedding", "tied_embedding", [Q("int8", "per_channel")], 0.9995, 0.33, report_names=["E"])  # 0.99998, 0.306

@@ -373,8 +373,8 @@ def make_lowrank_gemm(outdir):
         m = rr.standard_normal((r, rank)).astype(np.float32) @ rr.standard_normal((rank, c)).astype(np.float32)
         m = m / np.float32(np.sqrt(rank * c))
         return (m + rr.standard_normal((r, c)).astype(np.float32) * np.float32(0.01 * m.std())).astype(np.float32)
-    W1, W2 = lowrank(97, 256, 128), lowrank(98, 256, 64)   # W1 [N=256, K=128] transB=1; W2 [K=256, N=64]
-    b1, b2 = w(99, (256,), 0.05), w(100, (64,), 0.05)
+    W1, W2 = lowrank(97, 128, 128), lowrank(98, 128, 64)   # W1 [N=128, K=128] transB=1; W2 [K=128, N=64]
+    b1, b2 = w(99, (128,), 0.05), w(100, (64,), 0.05)
     nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], name="gemm1", transB=1),
              helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
              helper.make_node("Gemm", ["a1", "W2", "b2"], ["y"], name="gemm2", transB=0)]
@@ -383,7 +383,7 @@ def make_lowrank_gemm(outdir):
                           [init("W1", W1), init("b1", b1), init("W2", W2), init("b2", b2)])
     save(outdir, "lowrank_gemm", mk(g, 13), {"x": x_input(111, 8, 128)},
          [("W1", "initializer", "Gemm"), ("W2", "initializer", "Gemm")],
-         "Gemm 128-256-64 (transB=1, transB=0) with rank-8 + 1% noise weights (decompose on Gemm)")
+         "Gemm 128-128-64 (transB=1, transB=0) with rank-8 + 1% noise weights (decompose on Gemm)")
 
 
 # ------------------------------------------------------------------ real-exporter shapes ----
