@@ -9,8 +9,11 @@
  *   3. a semantic walk: tensors (dtype, dims, data length per storage field, limits), external
  *      data (read into raw_data from inside the bundle only), node inputs in scope, topological
  *      order, subgraph depth.
+ * load_file maps the file and lets tensor payloads point into the mapping (see "zero copy"), so
+ * a large model costs one mapping, not a mapping plus a heap copy.
  * Saving is protobuf-c pack: fields in descriptor order, unknown fields kept, so the output of a
- * save re-loads and re-saves to the same bytes. Trade-off: external data is internalized at load
+ * save re-loads and re-saves to the same bytes (and models written in field order, as ONNX's
+ * own tools do, come back byte-identical); save_file streams to a temp file, then renames. Trade-off: external data is internalized at load
  * time, so the saved model is one self-contained file (it may differ from the input bytes for
  * such models) and the optimizer never touches files outside the bundle again.
  */
