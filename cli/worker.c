@@ -22,11 +22,18 @@
 
 #include "cli.h"
 
-static volatile sig_atomic_t g_term;
+static volatile sig_atomic_t g_term, g_xcpu;
 
 static void on_term(int sig) {
-  (void)sig;
+  if (sig == SIGXCPU) g_xcpu = 1;
   g_term = 1;
+}
+
+/* The error a stop request turns into: CPU limit (SIGXCPU at the soft RLIMIT_CPU) or SIGTERM. */
+static int stop_error(mopt_diag *d, const char *where) {
+  if (g_xcpu)
+    return mopt_diag_set(d, MOPT_ETIMEOUT, where, "CPU time limit (--max-cpu-s) exceeded");
+  return mopt_diag_set(d, MOPT_ECANCELLED, where, "cancelled by SIGTERM");
 }
 
 static void emit(json_t *ev) {
@@ -127,6 +134,7 @@ int cli_worker(int argc, char **argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGXCPU, &sa, NULL);             /* soft CPU limit: stop like SIGTERM, say why */
   signal(SIGPIPE, SIG_IGN);
 
   if (mem_mb) {
@@ -154,15 +162,20 @@ int cli_worker(int argc, char **argv) {
     mopt_spec_free(&spec);
     return emit_error(rc, &d, cli_exit_code(rc));
   }
-  if (g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "load", "cancelled by SIGTERM");
+  if (g_term) rc = stop_error(&d, "load");
   char *report = NULL;
   if (!rc) rc = mopt_pipeline_run(m, &spec, on_progress, &p, &report, &d);
   mopt_spec_free(&spec);
-  if (!rc && g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "save", "cancelled by SIGTERM");
+  if (rc == MOPT_ECANCELLED && g_xcpu) {
+    char step[sizeof d.where];
+    snprintf(step, sizeof step, "%s", d.where);
+    rc = stop_error(&d, step);
+  }
+  if (!rc && g_term) rc = stop_error(&d, "save");
   if (rc) {
     free(report);
     mopt_model_destroy(m);
-    if (rc == MOPT_ECANCELLED) return emit_error(rc, &d, CLI_INTERNAL);
+    if (rc == MOPT_ECANCELLED || rc == MOPT_ETIMEOUT) return emit_error(rc, &d, CLI_INTERNAL);
     return emit_error(rc, &d, cli_exit_code(rc));
   }
   on_progress(1.0, "save", &p);
@@ -170,7 +183,7 @@ int cli_worker(int argc, char **argv) {
   mopt_model_destroy(m);
   if (!rc && report) rc = cli_write_file_atomic(rep, report, strlen(report), &d);
   free(report);
-  if (!rc && g_term) rc = mopt_diag_set(&d, MOPT_ECANCELLED, "save", "cancelled by SIGTERM");
+  if (!rc && g_term) rc = stop_error(&d, "save");
   if (rc) {
     unlink(out);
     unlink(rep);

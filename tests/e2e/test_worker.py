@@ -132,6 +132,13 @@ def main():
        and not os.path.exists(os.path.join(tmp, "lim.onnx")),
        "--max-memory-mb 40 on a 38 MB model: exit 3, out_of_memory, no output", p.stdout[-400:] + p.stderr[-400:])
 
+    # the CPU limit (soft RLIMIT_CPU → SIGXCPU) stops the run with a timeout error, exit 3
+    slow = {"passes": [{"op": "cluster", "clusters": 256, "granularity": "per_channel"}]}
+    p, ev = worker(tmp, big, slow, out="cpu.onnx", extra=["--max-cpu-s", "1"])
+    ok(p.returncode == 3 and ev and ev[-1].get("code") == "timeout"
+       and not os.path.exists(os.path.join(tmp, "cpu.onnx")),
+       "--max-cpu-s 1 on a multi-second run: exit 3, error timeout, no output", p.stdout[-400:])
+
     # SIGTERM mid-run: prompt exit 3, cancelled, no output
     slow = {"passes": [{"op": "cluster", "clusters": 256, "granularity": "per_channel"}]}
     sp = os.path.join(tmp, "slow.json")
