@@ -1,11 +1,13 @@
 /* cluster.c — 1-D k-means (weight sharing / palettization) on sorted data with prefix sums.
  *
- * The data is sorted once (radix sort) and reduced to distinct values with counts; prefix sums
- * of count, sum and sum of squares make every segment's mean and cost O(1). Because centroids in
- * 1-D partition the sorted data into contiguous runs split at midpoints, one Lloyd iteration is
- * k binary searches (O(k log n)), and kmeans++ D^2 sampling is a walk over k segments plus one
- * binary search. Trade-off: 3 doubles of prefix sums per distinct value (memory) for speed that
- * no longer depends on n inside the loop; precision of segment costs is that of double sums.
+ * The data is sorted once (radix sort); prefix sums of v and v*v are kept at every 32nd index,
+ * so any segment's mean and squared-error cost take fewer than 64 additions. Because centroids
+ * in 1-D partition the sorted data into contiguous runs split at midpoints, one Lloyd iteration
+ * is k binary searches (O(k log n)); kmeans++ keeps per-centre segment bounds and costs, so a
+ * D^2 sample is a walk over k cached costs plus one binary search, and a candidate re-costs only
+ * its two neighbours. Final assignment is a branch-free search over the k - 1 midpoints.
+ * Trade-off: one sorted copy of the data (memory) buys loops that never touch n after the sort;
+ * segment costs carry the rounding of double prefix sums (relative error ~1e-16 of the sums).
  */
 #include "kernels.h"
 
