@@ -11,8 +11,10 @@
  * Chains preserve structure: prune → cluster keeps zeros as their own exact centroid;
  * prune → quantize keeps zeros exact (the zero point is an integer); cluster → quantize uses the
  * cluster granularity so every centroid maps to one quantized value (the distinct count cannot
- * grow); quantize/fp16 → prune re-encodes with the same parameters. Low-rank is terminal: later
- * passes skip a decomposed tensor and say so in the report.
+ * grow); quantize/fp16 → prune re-encodes with the same parameters; cluster → prune keeps the
+ * centroid table with an exact zero entry. Low-rank is terminal: later passes skip a decomposed
+ * tensor and say so in the report. quantize with activations "dynamic" rewrites MatMul/Gemm
+ * consumers (dynamic.c) and falls back to weight-only where it cannot.
  */
 #include <fnmatch.h>
 #include <math.h>
