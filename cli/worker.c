@@ -138,8 +138,15 @@ int cli_worker(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   if (mem_mb) {
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer reserves terabytes of shadow address space: an address-space limit makes
+     * every allocation fail. Sanitizer builds (make asan) run without the memory limit. */
+    fprintf(stderr, "mopt worker: sanitizer build, --max-memory-mb %llu not enforced\n",
+            (unsigned long long)mem_mb);
+#else
     struct rlimit rl = {(rlim_t)mem_mb << 20, (rlim_t)mem_mb << 20};
     if (setrlimit(RLIMIT_AS, &rl) != 0) fprintf(stderr, "mopt worker: RLIMIT_AS: %s\n", strerror(errno));
+#endif
   }
   if (cpu_s) {
     struct rlimit rl = {(rlim_t)cpu_s, (rlim_t)cpu_s + 5};
