@@ -112,6 +112,58 @@ static void test_unknown_fields_survive(void **state) {
   free(b); free(x); free(s1); free(s2);
 }
 
+/* Unknown fields nested in an initializer, a node and an attribute tensor survive both load
+ * paths (memory: protobuf-c copies; file: payloads borrowed from the mapping). */
+static void add_unknown(ProtobufCMessage *msg, uint32_t tag, const char *payload) {
+  ProtobufCMessageUnknownField *u = realloc(msg->unknown_fields,
+                                            (msg->n_unknown_fields + 1) * sizeof *u);
+  assert_non_null(u);
+  msg->unknown_fields = u;
+  u += msg->n_unknown_fields++;
+  u->tag = tag;
+  u->wire_type = PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+  /* protobuf-c keeps the length prefix of an unknown length-delimited field in data */
+  size_t n = strlen(payload);
+  u->data = mb_alloc(n + 10);
+  u->len = put_varint(u->data, n);
+  memcpy(u->data + u->len, payload, n);
+  u->len += n;
+}
+
+static void test_nested_unknown_fields(void **state) {
+  (void)state;
+  Onnx__ModelProto *pm = mb_mlp(13);
+  int64_t wd[2] = {8, 8};
+  mb_constant(pm->graph, "K", mb_tensor_seq("K", 2, wd, 5));
+  add_unknown(&pm->graph->initializer[0]->base, 900, "tensor-extra");
+  add_unknown(&pm->graph->node[1]->base, 901, "node-extra");
+  add_unknown(&pm->graph->node[2]->attribute[0]->t->base, 902, "attr-tensor-extra");
+  add_unknown(&pm->graph->base, 903, "graph-extra");
+  size_t len;
+  uint8_t *b = mb_pack(pm, &len);
+  mb_free(pm);
+  assert_non_null(memmem(b, len, "attr-tensor-extra", 17));
+  size_t l1;
+  uint8_t *s1 = save_of(b, len, &l1);
+  assert_int_equal(l1, len);
+  assert_memory_equal(s1, b, len);
+  free(s1);
+  char path[600];
+  snprintf(path, sizeof path, "%s/unknown.onnx", tmpdir);
+  FILE *f = fopen(path, "wb");
+  fwrite(b, 1, len, f);
+  fclose(f);
+  mopt_model *m;
+  mopt_diag d;
+  assert_int_equal(mopt_model_load_file(path, NULL, &m, &d), 0);
+  assert_int_equal(mopt_model_save(m, &s1, &l1), 0);
+  assert_int_equal(l1, len);
+  assert_memory_equal(s1, b, len);
+  free(s1);
+  mopt_model_destroy(m);
+  free(b);
+}
+
 static void test_save_file_atomic(void **state) {
   (void)state;
   mopt_model *m;
@@ -725,6 +777,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_roundtrip_stable),
     cmocka_unit_test(test_unknown_fields_survive),
+    cmocka_unit_test_setup_teardown(test_nested_unknown_fields, setup_tmp, teardown_tmp),
     cmocka_unit_test_setup_teardown(test_save_file_atomic, setup_tmp, teardown_tmp),
     cmocka_unit_test(test_backend_testdata),
     cmocka_unit_test(test_truncated),
