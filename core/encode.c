@@ -175,6 +175,10 @@ static int check_weight(mopt_model *m, const mopt_weight *w, mopt_diag *diag) {
     return mopt_diag_set(diag, MOPT_EUNSUPPORTED, w->name,
                          "only float weights can be re-encoded (this one is %s)",
                          mopt_dtype_name(w->dtype));
+  if (m->reserved.slots && mopt_nameset_has(&m->reserved, w->name))
+    return mopt_diag_set(diag, MOPT_ECONFLICT, w->name,
+                         "the model already has values named \"%s__mopt_*\"; encoding this "
+                         "weight would duplicate names", w->name);
   return 0;
 }
 

@@ -11,6 +11,13 @@
 #include "mopt.h"
 #include "onnx.pb-c.h"
 
+/* String set with a scope chain (functions in onnx_io.c). */
+typedef struct mopt_nameset {
+  const char **slots;
+  size_t cap, count;
+  const struct mopt_nameset *parent;
+} mopt_nameset;
+
 /* How a listed weight is currently stored (set by the encoders). */
 typedef enum {
   MOPT_WENC_PLAIN = 0, MOPT_WENC_DENSE, MOPT_WENC_F16, MOPT_WENC_QUANT, MOPT_WENC_LUT,
@@ -37,6 +44,9 @@ struct mopt_model {
   size_t nw;
   char **strs;                 /* strings owned by the list (names, graph paths) */
   size_t nstrs, capstrs;
+  /* Every X such that the model (when listed) had a value named "X__mopt_…": encoding a
+   * weight named X would create duplicate names, so the encoders refuse it. */
+  mopt_nameset reserved;
   /* Zero-copy loads: TensorProto.raw_data may point into this read-only buffer (the mapped
    * model file). Such pointers must never be freed or written: free tensors and nodes with
    * mopt_int_free_tensor/_node, and call mopt_int_tensor_detach before replacing raw_data. */
@@ -69,11 +79,6 @@ Onnx__AttributeProto *mopt_int_node_attr(const Onnx__NodeProto *n, const char *n
 char *mopt_int_own(mopt_model *m, char *s);
 
 /* ---- string set with scope chain (onnx_io.c) ---- */
-typedef struct mopt_nameset {
-  const char **slots;
-  size_t cap, count;
-  const struct mopt_nameset *parent;
-} mopt_nameset;
 int mopt_nameset_init(mopt_nameset *s, const mopt_nameset *parent);
 void mopt_nameset_free(mopt_nameset *s);
 /* Adds (pointer kept, not copied); 0 or MOPT_ENOMEM. */

@@ -863,6 +863,7 @@ void mopt_model_destroy(mopt_model *m) {
     protobuf_c_message_free_unpacked(&m->pb->base, NULL);
   }
   if (m->borrow_mapped && m->borrow_len) munmap((void *)(uintptr_t)m->borrow, m->borrow_len);
+  mopt_nameset_free(&m->reserved);
   for (size_t i = 0; i < m->nstrs; i++) free(m->strs[i]);
   free(m->strs);
   free(m->w);

@@ -550,6 +550,34 @@ static void list_graph(list_ctx *c, Onnx__GraphProto *g, const char *path) {
   }
 }
 
+/* Records the prefix before every "__mopt_" in name (see mopt_model.reserved). */
+static int reserve_name(mopt_model *m, const char *name) {
+  if (!name) return 0;
+  for (const char *p = strstr(name, "__mopt_"); p; p = strstr(p + 1, "__mopt_")) {
+    char *pre = mopt_int_own(m, strndup(name, (size_t)(p - name)));
+    if (!pre) return MOPT_ENOMEM;
+    int rc = mopt_nameset_add(&m->reserved, pre);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int reserve_graph(mopt_model *m, const Onnx__GraphProto *g) {
+  int rc = 0;
+  for (size_t i = 0; i < g->n_input && !rc; i++) rc = reserve_name(m, g->input[i]->name);
+  for (size_t i = 0; i < g->n_initializer && !rc; i++) rc = reserve_name(m, g->initializer[i]->name);
+  for (size_t i = 0; i < g->n_node && !rc; i++) {
+    const Onnx__NodeProto *n = g->node[i];
+    for (size_t k = 0; k < n->n_output && !rc; k++) rc = reserve_name(m, n->output[k]);
+    for (size_t a = 0; a < n->n_attribute && !rc; a++) {
+      if (n->attribute[a]->g) rc = reserve_graph(m, n->attribute[a]->g);
+      for (size_t k = 0; k < n->attribute[a]->n_graphs && !rc; k++)
+        rc = reserve_graph(m, n->attribute[a]->graphs[k]);
+    }
+  }
+  return rc;
+}
+
 int mopt_model_weights(mopt_model *m, mopt_weight **list, size_t *n) {
   if (!m || !list || !n) return MOPT_EINVAL;
   if (!m->listed) {
@@ -568,6 +596,8 @@ int mopt_model_weights(mopt_model *m, mopt_weight **list, size_t *n) {
       }
     }
     ui_free(&ix);
+    if (!m->reserved.slots && (rc = mopt_nameset_init(&m->reserved, NULL))) { m->nw = 0; return rc; }
+    if ((rc = reserve_graph(m, m->pb->graph))) { m->nw = 0; return rc; }
     m->listed = 1;
   }
   *list = m->w;

@@ -629,6 +629,47 @@ static void test_prune_unused(void **state) {
   mopt_model_destroy(m);
 }
 
+/* Generated names never duplicate existing ones; an optimized model can be optimized again. */
+static void test_name_collisions(void **state) {
+  (void)state;
+  Onnx__ModelProto *pm = mb_mlp(13);
+  int64_t d4[1] = {4};
+  mb_init(pm->graph, mb_tensor_seq("W1__mopt_q", 1, d4, 1));
+  mb_node(pm->graph, "Relu", "W1__mopt_q", "r", NULL);
+  mb_output(pm->graph, "r", MOPT_DT_FLOAT);
+  mopt_model *m;
+  mopt_diag d;
+  assert_int_equal(mb_load(pm, &m, &d), 0);
+  const mopt_weight *w = wget(m, "W1");
+  uint16_t h[512] = {0};
+  assert_int_equal(mopt_weight_set_f16(m, w, h, &d), MOPT_ECONFLICT);
+  assert_non_null(strstr(d.msg, "W1__mopt_"));
+  assert_int_equal(mopt_weight_set_f16(m, wget(m, "W2"), h, &d), 0);
+  mopt_model_destroy(m);
+  /* second round: low rank, save, reload, then fp16 on the factors */
+  m = load_enc(13, MOPT_DT_FLOAT);
+  w = wget(m, "W1");
+  float *f, *a, *b;
+  int64_t rank;
+  assert_int_equal(mopt_weight_read_f32(m, w, &f, &d), 0);
+  lowrank_factors(w, f, &rank, &a, &b);
+  assert_int_equal(mopt_weight_set_lowrank(m, w, rank, a, b, &d), 0);
+  free(f); free(a); free(b);
+  uint8_t *bytes;
+  size_t len;
+  assert_int_equal(mopt_model_save(m, &bytes, &len), 0);
+  mopt_model_destroy(m);
+  assert_int_equal(mopt_model_load(bytes, len, NULL, &m, &d), 0);
+  free(bytes);
+  const mopt_weight *fa = wget(m, "W1__mopt_lr_a");
+  assert_true(fa->is_weight);
+  uint16_t *hh = mb_alloc(fa->nelem * 2);
+  assert_int_equal(mopt_weight_set_f16(m, fa, hh, &d), 0);
+  free(hh);
+  mb_free(save_check(m));
+  mopt_model_destroy(m);
+}
+
 /* Same model + same encodings → identical bytes. */
 static void test_deterministic(void **state) {
   (void)state;
@@ -670,6 +711,7 @@ int main(void) {
     cmocka_unit_test_setup(test_ir3_graph_inputs, via_memory),
     cmocka_unit_test_setup(test_prune_unused, via_memory),
     cmocka_unit_test_setup(test_deterministic, via_memory),
+    cmocka_unit_test_setup(test_name_collisions, via_memory),
     cmocka_unit_test_setup(test_quantize_all_forms, via_file),
     cmocka_unit_test_setup(test_quantize_fp16_model, via_file),
     cmocka_unit_test_setup(test_quantize_errors, via_file),
