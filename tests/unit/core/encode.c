@@ -63,6 +63,23 @@ static Onnx__ModelProto *enc_model(int64_t opset, int32_t dt) {
 /* 1: load through a file (mmap, tensor payloads borrowed from the mapping), 0: from memory */
 static int g_via_file;
 
+/* Loads pm (and frees it) from memory or through a file, per g_via_file. */
+static int load_pm(Onnx__ModelProto *pm, mopt_model **m, mopt_diag *d) {
+  if (!g_via_file) return mb_load(pm, m, d);
+  char path[] = "/tmp/mopt-encode-test.XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  size_t len;
+  uint8_t *b = mb_pack(pm, &len);
+  mb_free(pm);
+  assert_int_equal(write(fd, b, len), (ssize_t)len);
+  close(fd);
+  free(b);
+  int rc = mopt_model_load_file(path, NULL, m, d);
+  unlink(path); /* the mapping stays valid */
+  return rc;
+}
+
 static mopt_model *load_enc(int64_t opset, int32_t dt) {
   mopt_model *m;
   mopt_diag d;
@@ -588,7 +605,7 @@ static void test_ir3_graph_inputs(void **state) {
   mb_input(pm->graph, "W1", MOPT_DT_FLOAT, 2, wd);
   mopt_model *m;
   mopt_diag d;
-  assert_int_equal(mb_load(pm, &m, &d), 0);
+  assert_int_equal(load_pm(pm, &m, &d), 0);
   const mopt_weight *w = wget(m, "W1");
   uint16_t h[512] = {0};
   assert_int_equal(mopt_weight_set_f16(m, w, h, &d), 0);
@@ -610,7 +627,7 @@ static void test_prune_unused(void **state) {
   mb_input(pm->graph, "as_input", MOPT_DT_FLOAT, 1, d4);
   mopt_model *m;
   mopt_diag d;
-  assert_int_equal(mb_load(pm, &m, &d), 0);
+  assert_int_equal(load_pm(pm, &m, &d), 0);
   const mopt_weight *orphan = wget(m, "orphan");
   const mopt_weight *w1 = wget(m, "W1");
   assert_int_equal(mopt_model_prune_unused(m), 0);
@@ -639,7 +656,7 @@ static void test_name_collisions(void **state) {
   mb_output(pm->graph, "r", MOPT_DT_FLOAT);
   mopt_model *m;
   mopt_diag d;
-  assert_int_equal(mb_load(pm, &m, &d), 0);
+  assert_int_equal(load_pm(pm, &m, &d), 0);
   const mopt_weight *w = wget(m, "W1");
   uint16_t h[512] = {0};
   assert_int_equal(mopt_weight_set_f16(m, w, h, &d), MOPT_ECONFLICT);
@@ -721,6 +738,7 @@ int main(void) {
     cmocka_unit_test_setup(test_ir3_graph_inputs, via_file),
     cmocka_unit_test_setup(test_prune_unused, via_file),
     cmocka_unit_test_setup(test_deterministic, via_file),
+    cmocka_unit_test_setup(test_name_collisions, via_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
