@@ -542,6 +542,22 @@ static int graphs_check(scan *s) {
           }
         }
       }
+      /* ONNX requires nodes in topological order (and the optimizer relies on it): an acyclic
+       * graph whose nodes use a value before the node producing it is refused too. */
+      for (size_t ni = 0; ni < g->n_nodes && !rc; ni++) {
+        snode *n = &g->nodes[ni];
+        for (size_t k = 0; k < n->nin && !rc; k++) {
+          const char *in = nm(s, g->ins.v[n->in0 + k]);
+          int64_t prod;
+          if (in[0] && nameset_get(&sets[gi], in, &prod) && prod >= (int64_t)ni) {
+            char where[300];
+            snprintf(where, sizeof where, "node '%s' (%s)", nm(s, n->name), nm(s, n->op));
+            rc = mopt_diag_set(s->diag, MOPT_EMODEL, where,
+                               "input '%s' is used before node '%s' produces it: nodes must be "
+                               "topologically sorted", in, nm(s, g->nodes[prod].name));
+          }
+        }
+      }
       free(off); free(edges); free(fill);
     }
     free(indeg); free(queue); free(adj_cnt);

@@ -190,11 +190,11 @@ static void test_missing_input_and_cycle(void **state) {
   expect_reject(&m, MOPT_EMODEL, "produced by more than one node", "node 'add'");
 }
 
-static void test_unsorted_but_acyclic_is_accepted(void **state) {
+static void test_unsorted_graph_is_refused(void **state) {
   (void)state;
   built m; build(&m);
-  m.nodes[0] = &m.n_add; m.nodes[1] = &m.n_mm;   /* reversed order, still a DAG */
-  assert_int_equal(scan_built(&m, NULL, NULL), 0);
+  m.nodes[0] = &m.n_add; m.nodes[1] = &m.n_mm;   /* reversed order: a DAG, but not sorted */
+  expect_reject(&m, MOPT_EMODEL, "input 'XW' is used before node 'mm' produces it", "node 'add'");
 }
 
 static void test_external_data_refused_without_bundle(void **state) {
@@ -365,7 +365,7 @@ int main(void) {
       cmocka_unit_test(test_dims_overflow_and_negative),
       cmocka_unit_test(test_unknown_dtype),
       cmocka_unit_test(test_missing_input_and_cycle),
-      cmocka_unit_test(test_unsorted_but_acyclic_is_accepted),
+      cmocka_unit_test(test_unsorted_graph_is_refused),
       cmocka_unit_test(test_external_data_refused_without_bundle),
       cmocka_unit_test(test_external_data_in_bundle),
       cmocka_unit_test(test_empty_random_and_truncated),
