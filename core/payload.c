@@ -672,7 +672,7 @@ static int encode(const char *base_path, const char *target_path, const char *ou
     e.bfd = open_in(base_path, &e.bsize, diag);
     if (e.bfd < 0) { rc = e.bfd; e.bfd = -1; goto out; }
   }
-  e.level = opts && opts->level ? opts->level : e.tsize <= AUTO_LEVEL_LIMIT ? 19 : 3;
+  e.level = opts && opts->level ? opts->level : e.tsize <= AUTO_LEVEL_LIMIT ? 19 : 6;
   e.chunk = opts && opts->chunk_bytes ? opts->chunk_bytes : CHUNK_DEFAULT;
 
   if ((rc = list_tensors(target_path, e.tsize, opaque, &tl))) goto out;

@@ -87,7 +87,7 @@
 #define MOPT_PAYLOAD_DELTA 2
 
 typedef struct mopt_payload_opts {
-  int32_t level;        /* zstd level of tensor planes; 0 = auto: 19 for targets ≤ 64 MiB, 3 above */
+  int32_t level;        /* zstd level of tensor planes; 0 = auto: 19 up to 64 MiB targets, 6 above */
   uint32_t chunk_bytes; /* chunk size, multiple of 8, ≤ 2 MiB; 0 = 1 MiB */
   int32_t opaque;       /* 1: do not look for tensors, treat the files as plain bytes */
 } mopt_payload_opts;
