@@ -427,6 +427,10 @@ int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qt
   int four = qt->qtype == MOPT_DT_INT4 || qt->qtype == MOPT_DT_UINT4;
   int64_t need = (block || four) ? 21 : qt->axis >= 0 ? 13 : 10;
   int native = m->opset >= need;
+  if (!native && m->opset < 7)
+    return mopt_diag_set(diag, MOPT_EUNSUPPORTED, w->name,
+                         "default opset %lld has neither DequantizeLinear (10) nor numpy-style "
+                         "Mul/Sub (7) to rebuild a quantized weight", (long long)m->opset);
   /* scale/zero-point shapes */
   int64_t sdims[8];
   int snd = 0;
@@ -540,6 +544,10 @@ int mopt_weight_set_lut(mopt_model *m, const mopt_weight *w, const mopt_lut *lut
                            (unsigned long long)i, lut->idx[i], (int)lut->k);
   if ((uint64_t)ntab * (uint64_t)lut->k > INT32_MAX)
     return mopt_diag_set(diag, MOPT_ELIMIT, w->name, "table too large");
+  if (lut->axis >= 0 && m->opset < 7)
+    return mopt_diag_set(diag, MOPT_EUNSUPPORTED, w->name,
+                         "default opset %lld has no numpy-style Add (7) for per-channel tables",
+                         (long long)m->opset);
   emit e = {0};
   char *tmp;
   const char *res = result_name(&e, w, &tmp);

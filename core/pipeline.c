@@ -705,6 +705,17 @@ static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
     rc = mopt_weight_set_dense(c->m, w, s->vals, c->diag);
     enc = "dense";
   }
+  if (rc == MOPT_EUNSUPPORTED && (s->quantized || s->clustered)) {
+    /* The model's opset cannot express the compact form (opset < 7 has no numpy-style
+     * Mul/Add): keep the optimized values, stored dense, so the output still loads. */
+    rc = mopt_weight_set_dense(c->m, w, s->vals, c->diag);
+    enc = "dense";
+    after = before;
+    snprintf(dt_after, sizeof dt_after, "%s", mopt_dtype_name(w->dtype));
+    if (rt && rt->n_passes)
+      note_set(rt->passes[rt->n_passes - 1].note,
+               "opset too old for the compact encoding: values stored dense");
+  }
   if (rc) return rc;
   if (rt) {
     rt->encoding = enc;
@@ -850,7 +861,9 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     /* peak memory: the float copies are not needed by the structured encoders */
     free(s.orig);
     s.orig = NULL;
-    if (s.lowrank || s.quantized || (s.clustered && s.cenc == MOPT_ENC_LUT) || s.f16) {
+    /* (below opset 7 the dense fallback of encode() still needs them) */
+    if ((s.lowrank || s.quantized || (s.clustered && s.cenc == MOPT_ENC_LUT) || s.f16) &&
+        c.opset >= 7) {
       free(s.vals);
       s.vals = NULL;
     }

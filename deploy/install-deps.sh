@@ -7,7 +7,7 @@ level=${1:-build}
 build_pkgs="gcc make pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev libsqlite3-dev \
 libprotobuf-c-dev protobuf-c-compiler libonnx-dev libzstd-dev libsodium-dev liblapacke-dev libssl-dev"
 test_pkgs="libcmocka-dev python3 python3-onnx python3-numpy python3-sklearn libonnx-testdata \
-prometheus curl zstd clang"
+prometheus curl zstd clang libclang-rt-14-dev nginx-light"
 bench_pkgs="wrk nginx-light hyperfine bsdiff xdelta3"
 pkgs=$build_pkgs
 case $level in

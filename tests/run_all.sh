@@ -1,13 +1,15 @@
 #!/bin/sh
 # moptd test runner: runs every suite, each of which prints TAP ("ok N - name" / "not ok N - name"
 # at the start of a line), and ends with one summary line "N passed, N failed".
-#   tests/run_all.sh [--only unit|http|e2e|onnx_node|lint]
+#   tests/run_all.sh [--only unit|lint|http|e2e|onnx_node|fuzz]
 # Suites:
 #   unit       build/tests/unit/<module>/<file>   C programs (cmocka, CMOCKA_MESSAGE_OUTPUT=TAP)
 #   lint       tests/lint/*.sh                   openapi lint, route table vs openapi.yaml
 #   http       tests/http/test_*.py              black-box: a real build/moptd on 127.0.0.1
 #   e2e        tests/e2e/test_*.py               outputs run in ONNX Runtime (node)
 #   onnx_node  tests/onnx_node/test_*.py         ONNX backend test data
+#   fuzz       tests/fuzz/run.sh FUZZ_SECONDS    libFuzzer on the loader and the upload validator
+#                                                (default 20 s each; FUZZ_SECONDS=0 skips)
 # A suite that exits non-zero without reporting a failing test counts as one failure.
 # MOPT_BUILD selects the build dir (build-asan for `make asan`).
 set -u
@@ -54,6 +56,10 @@ for kind in http e2e onnx_node; do
     [ -f "$t" ] && run_suite "$kind/$(basename "$t" .py)" "$PY" "$t"
   done
 done
+
+if want fuzz && [ "${FUZZ_SECONDS:-20}" != 0 ] && [ "$MOPT_BUILD" = build ]; then
+  run_suite "fuzz/libfuzzer" sh tests/fuzz/run.sh "${FUZZ_SECONDS:-20}"
+fi
 
 [ -n "$failed_names" ] && echo "failed suites:$failed_names"
 echo "logs in $logdir"
