@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api_int.h"
+#include "textbuf.h"
 #include "mopt.h"
 
 int api_h_healthz(api_ctx *ctx, const api_request *req, api_response *resp) {
@@ -34,33 +35,6 @@ int api_h_readyz(api_ctx *ctx, const api_request *req, api_response *resp) {
   return 0;
 }
 
-typedef struct tbuf { char *p; size_t len, cap; int oom; } tbuf;
-
-static void tb_add(tbuf *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *q = realloc(b->p, cap);
-    if (!q) { b->oom = 1; return; }
-    b->p = q;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = 0;
-}
-
-static void tb_line(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void tb_line(tbuf *b, const char *fmt, ...) {
-  char tmp[256];
-  va_list ap;
-  va_start(ap, fmt);
-  int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (k > 0) tb_add(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
-}
-
 int api_h_metrics(api_ctx *ctx, const api_request *req, api_response *resp) {
   (void)req;
   store_conn *c = store_conn_get(ctx->st);
@@ -72,22 +46,22 @@ int api_h_metrics(api_ctx *ctx, const api_request *req, api_response *resp) {
     api_error(resp, rc, "cannot read the index for metrics", "store", NULL);
     return rc;
   }
-  tbuf b = {0};
-  tb_line(&b, "# HELP moptd_build_info moptd version.\n# TYPE moptd_build_info gauge\n");
-  tb_line(&b, "moptd_build_info{version=\"%s\"} 1\n", MOPT_VERSION);
-  tb_line(&b, "# HELP moptd_jobs Jobs in the index by state.\n# TYPE moptd_jobs gauge\n");
+  api_tb b = {0};
+  api_tb_fmt(&b, "# HELP moptd_build_info moptd version.\n# TYPE moptd_build_info gauge\n");
+  api_tb_fmt(&b, "moptd_build_info{version=\"%s\"} 1\n", MOPT_VERSION);
+  api_tb_fmt(&b, "# HELP moptd_jobs Jobs in the index by state.\n# TYPE moptd_jobs gauge\n");
   for (int s = 0; s < 5; s++)
-    tb_line(&b, "moptd_jobs{state=\"%s\"} %llu\n", store_job_state_name(s),
+    api_tb_fmt(&b, "moptd_jobs{state=\"%s\"} %llu\n", store_job_state_name(s),
             (unsigned long long)counts[s]);
-  tb_line(&b, "# HELP moptd_store_bytes Bytes of indexed model blobs.\n"
+  api_tb_fmt(&b, "# HELP moptd_store_bytes Bytes of indexed model blobs.\n"
               "# TYPE moptd_store_bytes gauge\n");
-  tb_line(&b, "moptd_store_bytes %llu\n", (unsigned long long)bytes);
+  api_tb_fmt(&b, "moptd_store_bytes %llu\n", (unsigned long long)bytes);
   if (ctx->hooks.metrics) {
     char *extra = NULL;
     size_t elen = 0;
     if (ctx->hooks.metrics(ctx->hooks.hctx, &extra, &elen) == 0 && extra) {
-      tb_add(&b, extra, elen);
-      if (elen && extra[elen - 1] != '\n') tb_add(&b, "\n", 1);
+      api_tb_add(&b, extra, elen);
+      if (elen && extra[elen - 1] != '\n') api_tb_add(&b, "\n", 1);
     }
     free(extra);
   }

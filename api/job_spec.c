@@ -11,6 +11,7 @@
  * same table the parser uses, so both change together.
  */
 #include "job_spec.h"
+#include "textbuf.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -505,111 +506,77 @@ static int depth_scan(const char *text, size_t len, mopt_diag *diag) {
 
 /* ------------------------------------------------------------ canonical writer ---- */
 
-typedef struct sbuf { char *p; size_t len, cap; int oom; } sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *q = realloc(b->p, cap);
-    if (!q) { b->oom = 1; return; }
-    b->p = q;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = 0;
-}
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-static void sb_fmt(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fmt(sbuf *b, const char *fmt, ...) {
-  char tmp[128];
-  va_list ap;
-  va_start(ap, fmt);
-  int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (k > 0) sb_add(b, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
-}
 /* Shortest decimal that reads back as exactly x (deterministic across runs). */
-static void sb_double(sbuf *b, double x) {
+static void sb_double(api_tb *b, double x) {
   char tmp[40];
   for (int prec = 1; prec <= 17; prec++) {
     snprintf(tmp, sizeof tmp, "%.*g", prec, x);
     if (strtod(tmp, NULL) == x) break;
   }
-  sb_str(b, tmp);
-}
-static void sb_jstr(sbuf *b, const char *s) {
-  json_t *j = json_string(s);
-  char *t = j ? json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-  if (!t) b->oom = 1;
-  else sb_str(b, t);
-  free(t);
-  json_decref(j);
+  api_tb_str(b, tmp);
 }
 /* ,"key": — keys are written in sorted order by the callers. */
-static void sb_key(sbuf *b, int *first, const char *key) {
-  if (!*first) sb_str(b, ",");
+static void sb_key(api_tb *b, int *first, const char *key) {
+  if (!*first) api_tb_str(b, ",");
   *first = 0;
-  sb_jstr(b, key);
-  sb_str(b, ":");
+  api_tb_json_str(b, key);
+  api_tb_str(b, ":");
 }
 
-static void write_pass(sbuf *b, const mopt_pass *p) {
+static void write_pass(api_tb *b, const mopt_pass *p) {
   int f = 1;
-  sb_str(b, "{");
+  api_tb_str(b, "{");
   switch (p->op) {
     case MOPT_PASS_PRUNE:
       if (p->pattern == MOPT_PRUNE_CHANNEL) {
         sb_key(b, &f, "norm");
-        sb_jstr(b, enum_name(norm_names, p->channel_norm));
+        api_tb_json_str(b, enum_name(norm_names, p->channel_norm));
       }
       sb_key(b, &f, "op");
-      sb_str(b, "\"prune\"");
+      api_tb_str(b, "\"prune\"");
       sb_key(b, &f, "pattern");
-      if (p->pattern == MOPT_PRUNE_UNSTRUCTURED) sb_str(b, "\"unstructured\"");
-      else if (p->pattern == MOPT_PRUNE_CHANNEL) sb_str(b, "\"channel\"");
-      else if (p->pattern == MOPT_PRUNE_NM) sb_fmt(b, "\"%d:%d\"", p->nm_n, p->nm_m);
-      else sb_fmt(b, "\"block:%dx%d\"", p->block_r, p->block_c);
+      if (p->pattern == MOPT_PRUNE_UNSTRUCTURED) api_tb_str(b, "\"unstructured\"");
+      else if (p->pattern == MOPT_PRUNE_CHANNEL) api_tb_str(b, "\"channel\"");
+      else if (p->pattern == MOPT_PRUNE_NM) api_tb_fmt(b, "\"%d:%d\"", p->nm_n, p->nm_m);
+      else api_tb_fmt(b, "\"block:%dx%d\"", p->block_r, p->block_c);
       sb_key(b, &f, "scope");
-      sb_jstr(b, enum_name(scope_names, p->scope));
+      api_tb_json_str(b, enum_name(scope_names, p->scope));
       sb_key(b, &f, "sparsity");
       sb_double(b, p->sparsity);
       break;
     case MOPT_PASS_CLUSTER:
       sb_key(b, &f, "clusters");
-      sb_fmt(b, "%d", p->clusters);
+      api_tb_fmt(b, "%d", p->clusters);
       sb_key(b, &f, "encoding");
-      sb_jstr(b, enum_name(enc_names, p->encoding));
+      api_tb_json_str(b, enum_name(enc_names, p->encoding));
       sb_key(b, &f, "granularity");
-      sb_jstr(b, enum_name(cluster_gran_names, p->granularity));
+      api_tb_json_str(b, enum_name(cluster_gran_names, p->granularity));
       sb_key(b, &f, "init");
-      sb_jstr(b, enum_name(init_names, p->init));
+      api_tb_json_str(b, enum_name(init_names, p->init));
       sb_key(b, &f, "op");
-      sb_str(b, "\"cluster\"");
+      api_tb_str(b, "\"cluster\"");
       break;
     case MOPT_PASS_QUANTIZE:
       sb_key(b, &f, "activations");
-      sb_jstr(b, enum_name(act_names, p->activations));
+      api_tb_json_str(b, enum_name(act_names, p->activations));
       if (p->granularity == MOPT_GRAN_BLOCK) {
         sb_key(b, &f, "block_size");
-        sb_fmt(b, "%d", p->block_size);
+        api_tb_fmt(b, "%d", p->block_size);
       }
       sb_key(b, &f, "dtype");
-      sb_jstr(b, enum_name(dtype_names, p->qtype));
+      api_tb_json_str(b, enum_name(dtype_names, p->qtype));
       sb_key(b, &f, "granularity");
-      sb_jstr(b, enum_name(quant_gran_names, p->granularity));
+      api_tb_json_str(b, enum_name(quant_gran_names, p->granularity));
       sb_key(b, &f, "mse");
-      sb_str(b, p->mse_search ? "true" : "false");
+      api_tb_str(b, p->mse_search ? "true" : "false");
       sb_key(b, &f, "op");
-      sb_str(b, "\"quantize\"");
+      api_tb_str(b, "\"quantize\"");
       sb_key(b, &f, "symmetric");
-      sb_str(b, p->symmetric ? "true" : "false");
+      api_tb_str(b, p->symmetric ? "true" : "false");
       break;
     case MOPT_PASS_FP16:
       sb_key(b, &f, "op");
-      sb_str(b, "\"fp16\"");
+      api_tb_str(b, "\"fp16\"");
       break;
     case MOPT_PASS_DECOMPOSE:
       if (p->rank == 0) {
@@ -617,37 +584,37 @@ static void write_pass(sbuf *b, const mopt_pass *p) {
         sb_double(b, p->energy);
       }
       sb_key(b, &f, "op");
-      sb_str(b, "\"decompose\"");
+      api_tb_str(b, "\"decompose\"");
       if (p->rank > 0) {
         sb_key(b, &f, "rank");
-        sb_fmt(b, "%d", p->rank);
+        api_tb_fmt(b, "%d", p->rank);
       }
       break;
   }
-  sb_str(b, "}");
+  api_tb_str(b, "}");
 }
 
-static void write_globs(sbuf *b, char *const *list, size_t n) {
-  sb_str(b, "[");
+static void write_globs(api_tb *b, char *const *list, size_t n) {
+  api_tb_str(b, "[");
   for (size_t i = 0; i < n; i++) {
-    if (i) sb_str(b, ",");
-    sb_jstr(b, list[i]);
+    if (i) api_tb_str(b, ",");
+    api_tb_json_str(b, list[i]);
   }
-  sb_str(b, "]");
+  api_tb_str(b, "]");
 }
 
 static char *write_spec(const mopt_spec *s) {
-  sbuf b = {0};
-  sb_str(&b, "{\"passes\":[");
+  api_tb b = {0};
+  api_tb_str(&b, "{\"passes\":[");
   for (size_t i = 0; i < s->n_passes; i++) {
-    if (i) sb_str(&b, ",");
+    if (i) api_tb_str(&b, ",");
     write_pass(&b, &s->passes[i]);
   }
-  sb_fmt(&b, "],\"seed\":%llu,\"select\":{\"exclude\":", (unsigned long long)s->seed);
+  api_tb_fmt(&b, "],\"seed\":%llu,\"select\":{\"exclude\":", (unsigned long long)s->seed);
   write_globs(&b, s->exclude, s->n_exclude);
-  sb_str(&b, ",\"include\":");
+  api_tb_str(&b, ",\"include\":");
   write_globs(&b, s->include, s->n_include);
-  sb_fmt(&b, ",\"min_elements\":%llu}}", (unsigned long long)s->min_elements);
+  api_tb_fmt(&b, ",\"min_elements\":%llu}}", (unsigned long long)s->min_elements);
   if (b.oom) { free(b.p); return NULL; }
   return b.p;
 }

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "api_int.h"
+#include "textbuf.h"
 
 void api_response_init(api_response *r) {
   memset(r, 0, sizeof *r);
@@ -281,97 +282,74 @@ char *api_model_json(const store_model *m) {
 
 /* ---- hand-built job JSON: embedded documents are spliced as text, not re-encoded ---- */
 
-typedef struct jb { char *p; size_t len, cap; int oom; } jb;
-
-static void jb_add(jb *b, const char *s, size_t n) {
-  if (b->oom) return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *q = realloc(b->p, cap);
-    if (!q) { b->oom = 1; return; }
-    b->p = q;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = 0;
+/* A JSON string, or null for NULL / "". */
+static void jb_jstr(api_tb *b, const char *s) {
+  if (!s || !*s) { api_tb_str(b, "null"); return; }
+  api_tb_json_str(b, s);
 }
-static void jb_str(jb *b, const char *s) { jb_add(b, s, strlen(s)); }
-/* A JSON string (escaped by jansson), or null for NULL / "". */
-static void jb_jstr(jb *b, const char *s) {
-  if (!s || !*s) { jb_str(b, "null"); return; }
-  json_t *v = json_string(s);
-  char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-  json_decref(v);
-  jb_str(b, t ? t : "null");
-  free(t);
-}
-static void jb_time(jb *b, int64_t ms) {
-  if (ms <= 0) { jb_str(b, "null"); return; }
+static void jb_time(api_tb *b, int64_t ms) {
+  if (ms <= 0) { api_tb_str(b, "null"); return; }
   char buf[40];
   api_time_format(ms, buf, sizeof buf);
-  jb_str(b, "\"");
-  jb_str(b, buf);
-  jb_str(b, "\"");
+  api_tb_str(b, "\"");
+  api_tb_str(b, buf);
+  api_tb_str(b, "\"");
 }
-/* Embeds stored JSON text verbatim when it is one valid JSON object (so the worker's numbers
- * keep their own formatting), null otherwise. */
-static void jb_embed(jb *b, const char *text) {
-  if (!text || !*text) { jb_str(b, "null"); return; }
-  json_error_t je;
-  json_t *v = json_loads(text, 0, &je);
-  int ok = v && json_is_object(v);
-  json_decref(v);
-  if (!ok) { jb_str(b, "null"); return; }
+/* Embeds stored JSON text verbatim (so the worker's numbers keep their own formatting). Every
+ * writer of these columns stores one JSON object, validated when written (the spec by
+ * api_spec_parse, the report by the scheduler, errors built with jansson), so a GET does not
+ * parse them again; text that does not even start like an object is answered as null. */
+static void jb_embed(api_tb *b, const char *text) {
+  while (text && (*text == ' ' || *text == '\n' || *text == '\r' || *text == '\t')) text++;
+  if (!text || *text != '{') { api_tb_str(b, "null"); return; }
   size_t n = strlen(text);
   while (n && (text[n - 1] == ' ' || text[n - 1] == '\n' || text[n - 1] == '\r' ||
                text[n - 1] == '\t'))
     n--;
-  jb_add(b, text, n);
+  api_tb_add(b, text, n);
 }
 
 char *api_job_json(const store_job *j) {
-  jb b = {0};
+  api_tb b = {0};
   char num[64];
-  jb_str(&b, "{\"id\":");
+  api_tb_str(&b, "{\"id\":");
   jb_jstr(&b, j->id);
-  jb_str(&b, ",\"state\":");
+  api_tb_str(&b, ",\"state\":");
   jb_jstr(&b, store_job_state_name(j->state));
   double p = j->progress < 0 ? 0 : j->progress > 1 ? 1 : j->progress;
   snprintf(num, sizeof num, ",\"progress\":%.6g", p);
-  jb_str(&b, num);
-  jb_str(&b, ",\"step\":");
+  api_tb_str(&b, num);
+  api_tb_str(&b, ",\"step\":");
   jb_jstr(&b, j->step);
-  jb_str(&b, ",\"created\":");
+  api_tb_str(&b, ",\"created\":");
   jb_time(&b, j->created);
-  jb_str(&b, ",\"started\":");
+  api_tb_str(&b, ",\"started\":");
   jb_time(&b, j->started);
-  jb_str(&b, ",\"finished\":");
+  api_tb_str(&b, ",\"finished\":");
   jb_time(&b, j->finished);
-  jb_str(&b, ",\"model\":");
+  api_tb_str(&b, ",\"model\":");
   jb_jstr(&b, j->model);
   /* The spec is our own normalized text: spliced without a parse (hot path of GET). */
-  jb_str(&b, ",\"spec\":");
-  if (j->spec && j->spec[0] == '{') jb_str(&b, j->spec);
-  else jb_str(&b, "null");
-  jb_str(&b, ",\"output\":");
+  api_tb_str(&b, ",\"spec\":");
+  if (j->spec && j->spec[0] == '{') api_tb_str(&b, j->spec);
+  else api_tb_str(&b, "null");
+  api_tb_str(&b, ",\"output\":");
   jb_jstr(&b, j->output);
-  jb_str(&b, ",\"output_url\":");
+  api_tb_str(&b, ",\"output_url\":");
   if (j->output[0]) {
     char url[160];
     snprintf(url, sizeof url, "/v1/models/%s/content", j->output);
     jb_jstr(&b, url);
   } else {
-    jb_str(&b, "null");
+    api_tb_str(&b, "null");
   }
-  jb_str(&b, ",\"report\":");
+  api_tb_str(&b, ",\"report\":");
   jb_embed(&b, j->report);
-  jb_str(&b, ",\"error\":");
+  api_tb_str(&b, ",\"error\":");
   jb_embed(&b, j->error);
   snprintf(num, sizeof num, ",\"cancel_requested\":%s,\"rev\":%llu}",
            j->cancel_requested ? "true" : "false", (unsigned long long)j->rev);
-  jb_str(&b, num);
+  api_tb_str(&b, num);
   if (b.oom) { free(b.p); return NULL; }
   return b.p;
 }

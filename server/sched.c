@@ -385,6 +385,16 @@ static void finish_work(uv_work_t *req) {
                                  &created, &d);
     if (rc == 0) {
       char *report = read_small(w->report_path, MAX_REPORT_BYTES);
+      /* Validated once here so GET /v1/jobs/{id} can splice the stored text without parsing. */
+      json_error_t je;
+      json_t *parsed = report ? json_loads(report, 0, &je) : NULL;
+      if (report && !json_is_object(parsed)) {
+        srv_log_msg(SRV_LOG_WARN, "job_report_invalid", "job %s: worker report is not a JSON object (%s), "
+                "stored without it", w->job, parsed ? "wrong type" : je.text);
+        free(report);
+        report = NULL;
+      }
+      json_decref(parsed);
       rc = store_job_succeed(c, w->job, outm.id, report);
       free(report);
       snprintf(w->final_state, sizeof w->final_state, rc == 0 ? "succeeded" : "lost");
