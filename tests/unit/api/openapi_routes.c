@@ -128,8 +128,32 @@ static void test_counts_agree(void **state) {
   assert_int_equal(non_head, api_routes_count);
 }
 
+/* Every code of the error table (core/mopt_error.h) is listed in openapi.yaml as a line
+ * "- <code>" (the Error schema's enum), so clients can rely on the documented set. */
+static void test_error_codes_documented(void **state) {
+  (void)state;
+  const char *root = getenv("MOPT_ROOT");
+  char path[1024];
+  snprintf(path, sizeof path, "%s/openapi.yaml", root && *root ? root : ".");
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  static char text[1 << 20];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = 0;
+#define X(name, val, http, code, msg)                                        \
+  {                                                                          \
+    char want[96];                                                           \
+    snprintf(want, sizeof want, "- %s\n", code);                             \
+    if (!strstr(text, want)) fail_msg("error code %s is not in openapi.yaml", code); \
+  }
+  MOPT_ERROR_MAP(X)
+#undef X
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_error_codes_documented),
     cmocka_unit_test(test_spec_has_paths),
     cmocka_unit_test(test_every_route_in_spec),
     cmocka_unit_test(test_every_spec_op_routed),
