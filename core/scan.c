@@ -946,8 +946,6 @@ int mopt_model_scan_file_tensors(const char *path, const mopt_load_limits *lim,
   r->fd = fd; r->size = (uint64_t)st.st_size;
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   int rc = scan_reader(r, lim, info, diag, fn, ctx);
-  /* The scan streamed the file once; do not leave it occupying the page cache on our account. */
-  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
   free(r);
   close(fd);
   return rc;
