@@ -14,7 +14,11 @@ from harness import (Daemon, check, eq, expect, expect_error, expect_nothing_sto
                      make_mlp, run, snapshot, test)
 
 LIMIT = 2000000
-D = lazy(lambda: Daemon(args=["--max-model-bytes", str(LIMIT)], name="moptd-bad").start())
+# --conn-timeout-s 2: libmicrohttpd (0.9.75, epoll) now and then misses the FIN of a client that
+# half-closes right after a partial body (about 1 in 30 here); the connection, and with it the
+# temp upload, then goes at the idle timeout. A short timeout bounds that in these tests.
+D = lazy(lambda: Daemon(args=["--max-model-bytes", str(LIMIT), "--conn-timeout-s", "2"],
+                        name="moptd-bad").start())
 _base = {}
 
 
@@ -135,11 +139,12 @@ def test_content_length_larger_than_body_then_close():
            "Content-Length: %d\r\n\r\n" % (d.auth_header(), len(body))).encode() + half
     d.raw(req, timeout=3)   # shuts down the write side and reads whatever comes back
     time.sleep(0.3)
-    expect_nothing_stored(d, before, "Content-Length larger than the body")
+    expect_nothing_stored(d, before, "Content-Length larger than the body", tmp_wait=5.0)
     # the same with an abrupt close (no half-close)
     d.raw(req, read=False, shutdown=False)
     time.sleep(0.3)
-    expect_nothing_stored(d, before, "Content-Length larger than the body, abrupt close")
+    expect_nothing_stored(d, before, "Content-Length larger than the body, abrupt close",
+                          tmp_wait=5.0)
 
 
 @test
