@@ -120,6 +120,8 @@ static void usage(FILE *f) {
     "               [--cluster-per-channel] [--cluster-dense]\n"
     "               [--fp16] [--decompose E | --rank R]\n"
     "               [--include GLOB]... [--exclude GLOB]... [--min-elements N] [--seed N]\n"
+    "               [--anchor OLD_OUTPUT.onnx]  (prune/cluster/quantize reuse its mask/\n"
+    "               centroids/scales where the error bound holds: smaller OTA deltas)\n"
     "      flags build a spec (order: decompose, prune, cluster, quantize, fp16); --spec and\n"
     "      pass flags are exclusive. Progress bar on a terminal, quiet otherwise.\n"
     "  mopt worker --input IN --spec SPEC.json --output OUT --report REPORT.json\n"

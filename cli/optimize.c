@@ -19,7 +19,7 @@ static int usage_err(const char *fmt, const char *arg) {
   fprintf(stderr, "mopt optimize: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, "\nusage: mopt optimize IN -o OUT [--spec SPEC.json] [--report REPORT.json] "
-                  "[pass flags]; see `mopt help`\n");
+                  "[--anchor OLD_OUTPUT.onnx] [pass flags]; see `mopt help`\n");
   return CLI_USAGE;
 }
 
@@ -78,7 +78,7 @@ static int on_progress(double f, const char *step, void *ctx) {
 }
 
 int cli_optimize(int argc, char **argv) {
-  const char *in = NULL, *out = NULL, *specp = NULL, *repp = NULL;
+  const char *in = NULL, *out = NULL, *specp = NULL, *repp = NULL, *spec_anchor = NULL;
   mopt_spec spec;
   mopt_spec_init(&spec);
   int q = -1, per_channel = 0, block = 0, sym = -1, mse = 0, fp16 = 0, global = 0;
@@ -93,6 +93,7 @@ int cli_optimize(int argc, char **argv) {
     if (!strcmp(a, "-o") || !strcmp(a, "--output")) { NEED(); out = val; }
     else if (!strcmp(a, "--spec")) { NEED(); specp = val; }
     else if (!strcmp(a, "--report")) { NEED(); repp = val; }
+    else if (!strcmp(a, "--anchor")) { NEED(); spec_anchor = val; }
     else if (!strcmp(a, "--quantize")) {
       NEED(); pass_flags++;
       if ((q = qtype_of(val)) < 0) { rc = usage_err("--quantize takes int8|uint8|int4|uint4, not '%s'", val); goto done; }
@@ -214,6 +215,12 @@ int cli_optimize(int argc, char **argv) {
     }
     if (fp16) spec.passes[spec.n_passes++].op = MOPT_PASS_FP16;
   }
+  /* --anchor MODEL: every prune/cluster/quantize pass reuses that model's parameters */
+  spec.anchor_path = spec_anchor;
+  for (size_t i = 0; spec_anchor && i < spec.n_passes; i++)
+    spec.passes[i].use_anchor = spec.passes[i].op == MOPT_PASS_PRUNE ||
+                                spec.passes[i].op == MOPT_PASS_CLUSTER ||
+                                spec.passes[i].op == MOPT_PASS_QUANTIZE;
 
   bar b = {isatty(2), -1, ""};
   mopt_model *m = NULL;

@@ -101,7 +101,7 @@ static int parse_u64(const char *s, uint64_t *out) {
 }
 
 int cli_worker(int argc, char **argv) {
-  const char *in = NULL, *specp = NULL, *out = NULL, *rep = NULL;
+  const char *in = NULL, *specp = NULL, *out = NULL, *rep = NULL, *anchor = NULL;
   uint64_t mem_mb = 0, cpu_s = 0;
   mopt_diag d;
   memset(&d, 0, sizeof d);
@@ -113,6 +113,7 @@ int cli_worker(int argc, char **argv) {
     else if (!strcmp(a, "--spec") && v) specp = v, i++;
     else if (!strcmp(a, "--output") && v) out = v, i++;
     else if (!strcmp(a, "--report") && v) rep = v, i++;
+    else if (!strcmp(a, "--anchor") && v) anchor = v, i++;
     else if (!strcmp(a, "--max-memory-mb") && v) bad = parse_u64(v, &mem_mb), i++;
     else if (!strcmp(a, "--max-cpu-s") && v) bad = parse_u64(v, &cpu_s), i++;
     else bad = 1;
@@ -124,7 +125,7 @@ int cli_worker(int argc, char **argv) {
   if (!in || !specp || !out || !rep) {
     mopt_diag_set(&d, MOPT_EINVAL, "argv",
                   "usage: mopt worker --input IN --spec SPEC --output OUT --report REPORT "
-                  "[--max-memory-mb N] [--max-cpu-s N]");
+                  "[--anchor MODEL] [--max-memory-mb N] [--max-cpu-s N]");
     return emit_error(MOPT_EINVAL, &d, CLI_USAGE);
   }
 
@@ -161,6 +162,7 @@ int cli_worker(int argc, char **argv) {
     mopt_spec_free(&spec);
     return emit_error(rc, &d, cli_exit_code(rc));
   }
+  spec.anchor_path = anchor;   /* used by passes whose spec names an "anchor" */
   prog p = {-1.0, ""};
   on_progress(0.0, "load", &p);
   mopt_model *m = NULL;

@@ -1066,3 +1066,18 @@ int mopt_int_eval_encoded(const mopt_model *m, const mopt_weight *w, float *out,
   free(v.d);
   return 0;
 }
+
+int mopt_int_eval_value(const Onnx__GraphProto *g, const char *name, float *out, uint64_t n,
+                        mopt_diag *diag) {
+  ev_ctx c = {.g = g, .diag = diag, .wname = name};
+  ev_val v;
+  int rc = ev_name(&c, name, &v, 0);
+  if (rc) return rc;
+  if ((uint64_t)v.n != n) {
+    free(v.d);
+    return ev_fail(&c, "rebuilt element count differs");
+  }
+  memcpy(out, v.d, n * sizeof(float));
+  free(v.d);
+  return 0;
+}

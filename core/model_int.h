@@ -89,5 +89,9 @@ int mopt_nameset_has(const mopt_nameset *s, const char *name);
 /* ---- encoders (encode.c) ---- */
 /* Decodes an encoded weight by evaluating the rebuild nodes the encoder wrote. */
 int mopt_int_eval_encoded(const mopt_model *m, const mopt_weight *w, float *out, mopt_diag *diag);
+/* Evaluates the value `name` of graph g (an initializer, or a rebuild chain the encoders wrote
+ * in a saved model) to n floats; MOPT_EUNSUPPORTED when it is neither or the count differs. */
+int mopt_int_eval_value(const Onnx__GraphProto *g, const char *name, float *out, uint64_t n,
+                        mopt_diag *diag);
 
 #endif

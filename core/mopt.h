@@ -256,6 +256,9 @@ typedef struct mopt_pass {
   /* decompose */
   double energy;              /* 0 < e <= 1, or 0 when rank is given */
   int32_t rank;               /* > 0 fixes the rank */
+  /* prune / cluster / quantize: 1 = reuse the anchor model's mask / centroids / scales for tensors
+   * of the same name and shape while the pass's bound holds (see mopt_spec.anchor_path) */
+  int32_t use_anchor;
 } mopt_pass;
 
 #define MOPT_MAX_PASSES 16
@@ -268,6 +271,12 @@ typedef struct mopt_spec {
   char *exclude[MOPT_MAX_GLOBS];
   uint64_t min_elements;           /* default 1024 */
   uint64_t seed;
+  /* Anchored optimization: path of an earlier optimized model whose parameters passes with
+   * use_anchor reuse (not owned; NULL = none). Bounds: quantize keeps the anchor's scales/zero
+   * points when the SNR with them is within 0.5 dB of fresh ones, cluster keeps its centroids
+   * when the inertia is within 2% of fresh k-means, prune keeps its mask when the kept L1 is
+   * within 2% of the fresh mask's (and it zeroes at least as many elements). */
+  const char *anchor_path;
 } mopt_spec;
 
 /* Fills defaults (no passes, include all, min_elements 1024, seed 0). */

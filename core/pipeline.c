@@ -57,6 +57,7 @@ typedef struct wstate {
   int lowrank;
   int64_t rank, lr_r, lr_c;
   float *a, *b;
+  int anchored;              /* a pass reused the anchor's parameters */
 } wstate;
 
 typedef struct pctx {
@@ -71,6 +72,7 @@ typedef struct pctx {
   double units_done, units_total;
   int want_report;
   mopt_report *rep;
+  mopt_model *anchor;        /* spec->anchor_path, loaded when a pass uses it */
 } pctx;
 
 static double now_ms(void) {
@@ -265,9 +267,47 @@ static int after_value_change(wstate *s, char *note) {
   return 0;
 }
 
+/* Anchored pruning: keeps the anchor's zero mask instead of the fresh one x when it zeroes at
+ * least as many elements and the kept magnitude (L1 of kept weights) is within 2% of the fresh
+ * mask's; N:M patterns also need the anchor's mask to be valid N:M. x0: values before pruning. */
+static int prune_anchor(pctx *c, wstate *s, const mopt_pass *p, const float *x0, char *note) {
+  const mopt_weight *w = s->w;
+  float *av = NULL;
+  int rc = mopt_anchor_values(c->anchor, s->w, &av);
+  if (rc <= 0) return rc;
+  size_t z_fresh = 0, z_anchor = 0;
+  double l1_fresh = 0.0, l1_anchor = 0.0;
+  for (size_t i = 0; i < s->n; i++) {
+    z_fresh += s->vals[i] == 0.0f;
+    l1_fresh += fabs((double)s->vals[i]);
+    if (av[i] == 0.0f) z_anchor++;
+    else l1_anchor += fabs((double)x0[i]);
+  }
+  int ok = z_anchor >= z_fresh && l1_anchor >= 0.98 * l1_fresh;
+  for (size_t i = 0; ok && i < s->n; i++) av[i] = av[i] == 0.0f ? 0.0f : x0[i];
+  if (ok && p->pattern == MOPT_PRUNE_NM) {
+    int32_t ax = w->reduction_axis >= 0 ? w->reduction_axis : w->ndim - 1;
+    ok = mopt_nm_check(av, mopt_view_make(w->dims, w->ndim, ax), p->nm_n, p->nm_m);
+  }
+  if (ok) {
+    memcpy(s->vals, av, s->n * sizeof *av);
+    s->anchored = 1;
+    note_set(note, "anchored: kept the anchor's mask");
+  }
+  free(av);
+  return 0;
+}
+
 static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
   const mopt_pass *p = &c->spec->passes[pi];
   const mopt_weight *w = s->w;
+  float *x0 = NULL;
+  if (p->use_anchor && c->anchor && !global_phase && p->scope != MOPT_SCOPE_GLOBAL &&
+      (p->pattern == MOPT_PRUNE_UNSTRUCTURED || p->pattern == MOPT_PRUNE_NM)) {
+    x0 = malloc(s->n * sizeof *x0);
+    if (!x0) return MOPT_ENOMEM;
+    memcpy(x0, s->vals, s->n * sizeof *x0);
+  }
   switch (p->pattern) {
   case MOPT_PRUNE_UNSTRUCTURED:
     if (p->scope == MOPT_SCOPE_GLOBAL && !global_phase)
@@ -296,9 +336,79 @@ static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *not
                         p->channel_norm, p->sparsity);
     break;
   }
+  if (x0) {
+    int rc = prune_anchor(c, s, p, x0, note);
+    free(x0);
+    if (rc) return rc;
+  }
   s->pruned = 1;
   s->touched = 1;
   return after_value_change(s, note);
+}
+
+/* Anchored clustering: assigns x0 (the values before the pass) to the anchor's centroid tables,
+ * in the anchor's entry order so the stored table and indices repeat its bytes, and keeps that
+ * when the inertia (sum of squared errors) is within 2% of the fresh k-means one in s. A tensor
+ * that needs exact zeros (keep_zero) needs a 0.0 entry in every anchor table. */
+static int cluster_anchor(pctx *c, wstate *s, const float *x0, int keep_zero, char *note) {
+  int32_t ka = 0;
+  float *tab = NULL;
+  int rc = mopt_anchor_table(c->anchor, s->w, s->caxis, s->n_tables, &ka, &tab);
+  if (rc <= 0) return rc;
+  size_t k = (size_t)ka, nt = s->n_tables;
+  float *sv = malloc(k * sizeof *sv);
+  uint8_t *so = malloc(k), *idx = malloc(s->n), *ns = malloc(k * nt);
+  size_t *nu = malloc(nt * sizeof *nu);
+  float *su = malloc(nt * k * sizeof *su);
+  int oom = !(sv && so && idx && ns && nu && su), ok = !oom;
+  /* per table: distinct entries ascending, each with its first position in the anchor table */
+  for (size_t t = 0; ok && t < nt; t++) {
+    const float *tt = tab + t * k;
+    size_t u = 0;
+    int has_zero = 0;
+    for (size_t j = 0; j < k; j++) {
+      has_zero |= tt[j] == 0.0f;
+      size_t pos = u;
+      while (pos > 0 && sv[pos - 1] > tt[j]) pos--;
+      if (pos > 0 && sv[pos - 1] == tt[j]) continue;          /* duplicate (padding) */
+      memmove(sv + pos + 1, sv + pos, (u - pos) * sizeof *sv);
+      memmove(so + pos + 1, so + pos, u - pos);
+      sv[pos] = tt[j];
+      so[pos] = (uint8_t)j;
+      u++;
+    }
+    if (keep_zero && !has_zero) ok = 0;
+    memcpy(su + t * k, sv, u * sizeof *sv);
+    memcpy(ns + t * k, so, u);
+    nu[t] = u;
+  }
+  double in_fresh = 0.0, in_anchor = 0.0;
+  mopt_axis_view v = mopt_view_make(s->w->dims, s->w->ndim, s->caxis);
+  for (size_t i = 0; ok && i < s->n; i++) {
+    size_t t = s->caxis < 0 ? 0 : (i / (size_t)v.inner) % nt;
+    uint8_t j = mopt_km_assign1(su + t * k, nu[t], x0[i]);
+    idx[i] = ns[t * k + j];
+    double ef = (double)x0[i] - (double)s->vals[i], ea = (double)x0[i] - (double)su[t * k + j];
+    in_fresh += ef * ef;
+    in_anchor += ea * ea;
+  }
+  if (ok && in_anchor <= 1.02 * in_fresh) {
+    free(s->table);
+    free(s->idx);
+    s->table = tab;
+    s->idx = idx;
+    tab = NULL;
+    idx = NULL;
+    s->k = ka;
+    for (size_t i = 0; i < s->n; i++) {
+      size_t t = s->caxis < 0 ? 0 : (i / (size_t)v.inner) % nt;
+      s->vals[i] = s->table[t * k + s->idx[i]];
+    }
+    s->anchored = 1;
+    note_set(note, "anchored: reused the anchor's centroids");
+  }
+  free(tab); free(sv); free(so); free(idx); free(ns); free(nu); free(su);
+  return oom ? MOPT_ENOMEM : 0;
 }
 
 static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
@@ -317,25 +427,31 @@ static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
     note_set(note, "no output-channel axis: clustered per tensor");
   mopt_axis_view v = mopt_view_make(w->dims, w->ndim, axis);
   size_t nt = axis < 0 ? 1 : (size_t)v.dim;
+  float *x0 = NULL;
+  if (p->use_anchor && c->anchor) {
+    x0 = malloc(s->n * sizeof *x0);
+    if (!x0) return MOPT_ENOMEM;
+    memcpy(x0, s->vals, s->n * sizeof *x0);
+  }
   s->table = malloc(nt * (size_t)k * sizeof *s->table);
   s->idx = malloc(s->n);
-  if (!s->table || !s->idx) return MOPT_ENOMEM;
+  if (!s->table || !s->idx) { free(x0); return MOPT_ENOMEM; }
   mopt_km_init init = (mopt_km_init)p->init;
   if (axis < 0) {
     int rc = mopt_cluster_values(s->vals, s->n, 1, k, init,
                                  tensor_seed(c->spec->seed, w->index, pi, 0), keep_zero,
                                  s->table, s->idx);
-    if (rc) return rc;
+    if (rc) { free(x0); return rc; }
     for (size_t i = 0; i < s->n; i++) s->vals[i] = s->table[s->idx[i]];
   } else {
     size_t per = (size_t)(v.outer * v.inner);
     float *buf = malloc(per * sizeof *buf);
     uint8_t *bi = malloc(per);
-    if (!buf || !bi) { free(buf); free(bi); return MOPT_ENOMEM; }
+    if (!buf || !bi) { free(buf); free(bi); free(x0); return MOPT_ENOMEM; }
     for (int64_t d = 0; d < v.dim; d++) {
       if (d % 32 == 31) {                      /* long per-channel runs stay cancellable */
         int rc = report_progress(c, "cluster");
-        if (rc) { free(buf); free(bi); return rc; }
+        if (rc) { free(buf); free(bi); free(x0); return rc; }
       }
       size_t m = 0;
       for (int64_t o = 0; o < v.outer; o++)
@@ -344,7 +460,7 @@ static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
       int rc = mopt_cluster_values(buf, per, 1, k, init,
                                    tensor_seed(c->spec->seed, w->index, pi, (uint64_t)d + 1),
                                    keep_zero, tab, bi);
-      if (rc) { free(buf); free(bi); return rc; }
+      if (rc) { free(buf); free(bi); free(x0); return rc; }
       m = 0;
       for (int64_t o = 0; o < v.outer; o++)
         for (int64_t i = 0; i < v.inner; i++, m++) {
@@ -362,7 +478,84 @@ static int pass_cluster(pctx *c, wstate *s, size_t pi, char *note) {
   s->caxis = axis;
   s->n_tables = nt;
   s->cenc = p->encoding;
+  if (x0) {
+    int rc = cluster_anchor(c, s, x0, keep_zero, note);
+    free(x0);
+    if (rc) return rc;
+  }
   return 0;
+}
+
+/* Group of element i in a quantization layout (the scale index mopt_quantize_apply uses). */
+static size_t qgroup(const mopt_qlayout *l, size_t i) {
+  size_t I = (size_t)l->v.inner, D = (size_t)l->v.dim;
+  if (l->gran == 0) return 0;
+  if (l->gran == 1) return (i / I) % D;
+  size_t bs = (size_t)l->block_size, nb = (D + bs - 1) / bs, o = i / (I * D), d = (i / I) % D;
+  return (o * nb + d / bs) * I + i % I;
+}
+
+typedef struct gexcess { double d; size_t g; } gexcess;
+static int by_excess_desc(const void *a, const void *b) {
+  double x = ((const gexcess *)a)->d, y = ((const gexcess *)b)->d;
+  if (x != y) return x > y ? -1 : 1;
+  return ((const gexcess *)a)->g < ((const gexcess *)b)->g ? -1 : 1;
+}
+
+/* Anchored quantization: re-quantizes x0 (the values before the pass) with the anchor's scales
+ * and zero points (same type, axis and block size; s holds the fresh result). All groups start
+ * on the anchor's parameters; groups are handed back to fresh parameters, worst excess error
+ * first, until the tensor's squared error is at most 10^(0.5/10) times the fresh one.
+ * Bound: the tensor's reconstruction SNR stays within 0.5 dB of the fresh parameters' SNR.
+ * The tensor counts as anchored when at least one group keeps the anchor's parameters. */
+static int quantize_anchor(pctx *c, wstate *s, const mopt_qlayout *l, int32_t qtype, int32_t axis,
+                           size_t ng, const float *x0, char *note) {
+  float *sc = malloc(ng * sizeof *sc), *deq = malloc(s->n * sizeof *deq);
+  int32_t *zp = malloc(ng * sizeof *zp), *q = malloc(s->n * sizeof *q);
+  double *err = calloc(2 * ng, sizeof *err);
+  int rc = sc && deq && zp && q && err ? 0 : MOPT_ENOMEM;
+  if (!rc)
+    rc = mopt_anchor_qparams(c->anchor, s->w, qtype, axis, l->gran == 2 ? l->block_size : 0, ng,
+                             sc, zp);
+  if (rc == 1) {
+    rc = 0;
+    mopt_quantize_apply(x0, l, qtype, sc, zp, q, deq);
+    for (size_t i = 0; i < s->n; i++) {
+      size_t g = qgroup(l, i);
+      double ef = (double)x0[i] - (double)s->vals[i], ea = (double)x0[i] - (double)deq[i];
+      err[2 * g] += ef * ef;
+      err[2 * g + 1] += ea * ea;
+    }
+    const double bound = 1.1220184543019633;   /* 10^(0.5/10): 0.5 dB */
+    double tot_f = 0.0, tot = 0.0;
+    gexcess *ex = malloc(ng * sizeof *ex);
+    if (!ex) rc = MOPT_ENOMEM;
+    for (size_t g = 0; ex && g < ng; g++) {
+      tot_f += err[2 * g];
+      tot += err[2 * g + 1];
+      ex[g].d = err[2 * g + 1] - err[2 * g];
+      ex[g].g = g;
+    }
+    size_t reused = ex ? ng : 0, back = 0;
+    if (ex) qsort(ex, ng, sizeof *ex, by_excess_desc);
+    while (ex && back < ng && tot > bound * tot_f) tot -= ex[back++].d;
+    reused -= back;
+    for (size_t j = back; ex && j < ng; j++) {
+      s->scales[ex[j].g] = sc[ex[j].g];
+      s->zps[ex[j].g] = zp[ex[j].g];
+    }
+    free(ex);
+    if (reused) {
+      mopt_quantize_apply(x0, l, qtype, s->scales, s->zps, s->q, s->vals);
+      s->anchored = 1;
+      char msg[96];
+      snprintf(msg, sizeof msg, "anchored: reused the anchor's scales in %zu of %zu groups",
+               reused, ng);
+      note_set(note, msg);
+    }
+  }
+  free(sc); free(deq); free(zp); free(q); free(err);
+  return rc;
 }
 
 static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
@@ -418,7 +611,15 @@ static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
   s->zps = malloc(ng * sizeof *s->zps);
   s->q = malloc(s->n * sizeof *s->q);
   if (!s->scales || !s->zps || !s->q) return MOPT_ENOMEM;
+  float *x0 = NULL;
+  if (p->use_anchor && c->anchor && !dyn) {
+    x0 = malloc(s->n * sizeof *x0);
+    if (!x0) return MOPT_ENOMEM;
+    memcpy(x0, s->vals, s->n * sizeof *x0);
+  }
   int rc = mopt_quantize_tensor(s->vals, &l, &qc, s->scales, s->zps, s->q, s->vals);
+  if (!rc && x0) rc = quantize_anchor(c, s, &l, p->qtype, axis, ng, x0, note);
+  free(x0);
   if (rc) return rc;
   s->quantized = 1;
   s->dynamic = dyn;
@@ -744,9 +945,17 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   mopt_model_info info;
   if ((rc = mopt_model_info_get(m, &info))) return rc;
   c.opset = info.default_opset;
+  int wants_anchor = 0;
+  for (size_t p = 0; p < spec->n_passes; p++) wants_anchor |= spec->passes[p].use_anchor != 0;
+  if (wants_anchor && spec->anchor_path) {
+    if ((rc = mopt_model_load_file(spec->anchor_path, NULL, &c.anchor, diag))) {
+      if (diag) snprintf(diag->where, sizeof diag->where, "anchor");
+      return rc;
+    }
+  }
   mopt_weight *ws = NULL;
   size_t nw = 0;
-  if ((rc = mopt_model_weights(m, &ws, &nw))) return rc;
+  if ((rc = mopt_model_weights(m, &ws, &nw))) goto out;
   rep.weights_total = nw;
   rep.seed = spec->seed;
   rep.n_passes = spec->n_passes;
@@ -856,6 +1065,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       free(view);
       rt->fp16_clamped = s.clamped;
       rt->rank = s.lowrank ? s.rank : 0;
+      rt->anchored = s.anchored;
     }
     t0 = now_ms();
     /* peak memory: the float copies are not needed by the structured encoders */
@@ -894,5 +1104,6 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     rc = mopt_diag_set(diag, MOPT_ECANCELLED, "done", "cancelled");
 out:
   mopt_report_free(&rep);
+  mopt_model_destroy(c.anchor);
   return rc;
 }

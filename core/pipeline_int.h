@@ -41,6 +41,7 @@ typedef struct mopt_rep_tensor {
   double snr_db, max_abs_err;
   uint64_t fp16_clamped;
   int64_t rank;
+  int anchored;               /* a pass reused the anchor model's scales / centroids / mask */
   size_t n_passes;
   mopt_rep_tpass passes[MOPT_MAX_PASSES];
 } mopt_rep_tensor;
@@ -84,5 +85,17 @@ const char *mopt_pass_name(int32_t op);
 int mopt_int_dynamic_ok(mopt_model *m, const mopt_weight *w, int64_t opset, const char **why);
 int mopt_int_set_dynamic(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
                          mopt_diag *diag);
+
+/* Anchored optimization (anchor.c): parameters an earlier optimized model `a` stored for the
+ * tensor of w's name and shape (main graph). Each returns 1 when found and stored in exactly the
+ * layout asked for, 0 when not (no such tensor, other form or layout), MOPT_ENOMEM.
+ * values: the anchor's decoded values (malloc'd, w->nelem floats) for its zero mask.
+ * qparams: ng scales and zero points for (qtype, axis, block size) as mopt_qtensor lays them out.
+ * table: the n_tables * *k centroid table (malloc'd, entries in the anchor's stored order). */
+int mopt_anchor_values(const mopt_model *a, const mopt_weight *w, float **vals);
+int mopt_anchor_qparams(const mopt_model *a, const mopt_weight *w, int32_t qtype, int32_t axis,
+                        int64_t block, size_t ng, float *scales, int32_t *zps);
+int mopt_anchor_table(const mopt_model *a, const mopt_weight *w, int32_t axis, size_t n_tables,
+                      int32_t *k, float **table);
 
 #endif

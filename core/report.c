@@ -230,7 +230,7 @@ char *mopt_report_json(const mopt_report *r) {
     kv_u64(&s, "fp16_clamped", t->fp16_clamped, 1);
     if (t->rank > 0) kv_u64(&s, "rank", (uint64_t)t->rank, 1);
     else mopt_sb_puts(&s, ",\"rank\":null");
-    mopt_sb_puts(&s, ",\"anchored\":false,\"passes\":[");
+    mopt_sb_printf(&s, ",\"anchored\":%s,\"passes\":[", t->anchored ? "true" : "false");
     for (size_t p = 0; p < t->n_passes; p++) {
       const mopt_rep_tpass *tp = &t->passes[p];
       mopt_sb_printf(&s, "%s{\"op\":\"%s\"", p ? "," : "", mopt_pass_name(r->p[p].op));
@@ -257,6 +257,9 @@ char *mopt_report_json(const mopt_report *r) {
   mopt_sb_puts(&s, "],\"totals\":{");
   kv_u64(&s, "weights_total", r->weights_total, 0);
   kv_u64(&s, "tensors_selected", r->n_tensors, 1);
+  uint64_t anchored = 0;
+  for (size_t i = 0; i < r->n_tensors; i++) anchored += r->t[i].anchored != 0;
+  kv_u64(&s, "anchored_tensors", anchored, 1);
   kv_u64(&s, "file_bytes_before", r->file_bytes_before, 1);
   kv_u64(&s, "file_bytes_after", r->file_bytes_after, 1);
   kv_u64(&s, "zstd_bytes_before", r->zstd_bytes_before, 1);
