@@ -79,7 +79,7 @@ int mopt_anchor_values(const mopt_model *a, const mopt_weight *w, float **vals) 
 }
 
 int mopt_anchor_qparams(const mopt_model *a, const mopt_weight *w, int32_t qtype, int32_t axis,
-                        int64_t block, size_t ng, float *scales, int32_t *zps) {
+                        int64_t block, size_t ng, float *scales, int32_t *zps, int32_t *q_out) {
   const Onnx__GraphProto *g = anchor_graph(a, w);
   if (!g) return 0;
   const Onnx__TensorProto *q = find_init(g, w->name, "q"), *sc = find_init(g, w->name, "scale");
@@ -129,6 +129,13 @@ int mopt_anchor_qparams(const mopt_model *a, const mopt_weight *w, int32_t qtype
          scales[i] > 0.0f && isfinite(scales[i]);
   }
   free(zf);
+  if (ok && q_out) {                /* the anchor's integers (stored type, w's layout) */
+    float *qf = malloc(w->nelem ? w->nelem * sizeof *qf : 1);
+    if (!qf) return MOPT_ENOMEM;
+    ok = mopt_int_tensor_to_f32(q, qf, w->nelem, NULL) == 0;
+    for (uint64_t i = 0; ok && i < w->nelem; i++) q_out[i] = (int32_t)qf[i];
+    free(qf);
+  }
   return ok;
 }
 

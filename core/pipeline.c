@@ -503,8 +503,10 @@ static int by_excess_desc(const void *a, const void *b) {
 }
 
 /* Anchored quantization: re-quantizes x0 (the values before the pass) with the anchor's scales
- * and zero points (same type, axis and block size; s holds the fresh result). All groups start
- * on the anchor's parameters; groups are handed back to fresh parameters, worst excess error
+ * and zero points (same type, axis and block size; s holds the fresh result). Candidates are the
+ * groups where the anchor's parameters change at most 4 more of the anchor's stored integers
+ * than fresh ones would (what an OTA delta pays for; 4 ~ the bytes of the scale that reuse
+ * keeps; a tensor that shrank as a whole keeps its integers better with fresh, smaller scales). Candidates start on the anchor's parameters; groups are handed back to fresh parameters, worst excess error
  * first, until the tensor's squared error is at most 10^(0.5/10) times the fresh one.
  * Bound: the tensor's reconstruction SNR stays within 0.5 dB of the fresh parameters' SNR.
  * The tensor counts as anchored when at least one group keeps the anchor's parameters. */
@@ -513,10 +515,12 @@ static int quantize_anchor(pctx *c, wstate *s, const mopt_qlayout *l, int32_t qt
   float *sc = malloc(ng * sizeof *sc), *deq = malloc(s->n * sizeof *deq);
   int32_t *zp = malloc(ng * sizeof *zp), *q = malloc(s->n * sizeof *q);
   double *err = calloc(2 * ng, sizeof *err);
-  int rc = sc && deq && zp && q && err ? 0 : MOPT_ENOMEM;
+  int32_t *qa = malloc(s->n * sizeof *qa);
+  int64_t *chg = calloc(ng, sizeof *chg);
+  int rc = sc && deq && zp && q && err && qa && chg ? 0 : MOPT_ENOMEM;
   if (!rc)
     rc = mopt_anchor_qparams(c->anchor, s->w, qtype, axis, l->gran == 2 ? l->block_size : 0, ng,
-                             sc, zp);
+                             sc, zp, qa);
   if (rc == 1) {
     rc = 0;
     mopt_quantize_apply(x0, l, qtype, sc, zp, q, deq);
@@ -525,22 +529,25 @@ static int quantize_anchor(pctx *c, wstate *s, const mopt_qlayout *l, int32_t qt
       double ef = (double)x0[i] - (double)s->vals[i], ea = (double)x0[i] - (double)deq[i];
       err[2 * g] += ef * ef;
       err[2 * g + 1] += ea * ea;
+      chg[g] += (q[i] != qa[i]) - (s->q[i] != qa[i]);
     }
     const double bound = 1.1220184543019633;   /* 10^(0.5/10): 0.5 dB */
     double tot_f = 0.0, tot = 0.0;
     gexcess *ex = malloc(ng * sizeof *ex);
     if (!ex) rc = MOPT_ENOMEM;
+    size_t nc = 0;
     for (size_t g = 0; ex && g < ng; g++) {
       tot_f += err[2 * g];
+      if (chg[g] > 4) { tot += err[2 * g]; continue; }   /* a new scale costs ~4 changed bytes */
       tot += err[2 * g + 1];
-      ex[g].d = err[2 * g + 1] - err[2 * g];
-      ex[g].g = g;
+      ex[nc].d = err[2 * g + 1] - err[2 * g];
+      ex[nc++].g = g;
     }
-    size_t reused = ex ? ng : 0, back = 0;
-    if (ex) qsort(ex, ng, sizeof *ex, by_excess_desc);
-    while (ex && back < ng && tot > bound * tot_f) tot -= ex[back++].d;
+    size_t reused = ex ? nc : 0, back = 0;
+    if (ex) qsort(ex, nc, sizeof *ex, by_excess_desc);
+    while (ex && back < nc && tot > bound * tot_f) tot -= ex[back++].d;
     reused -= back;
-    for (size_t j = back; ex && j < ng; j++) {
+    for (size_t j = back; ex && j < nc; j++) {
       s->scales[ex[j].g] = sc[ex[j].g];
       s->zps[ex[j].g] = zp[ex[j].g];
     }
@@ -554,7 +561,7 @@ static int quantize_anchor(pctx *c, wstate *s, const mopt_qlayout *l, int32_t qt
       note_set(note, msg);
     }
   }
-  free(sc); free(deq); free(zp); free(q); free(err);
+  free(sc); free(deq); free(zp); free(q); free(err); free(qa); free(chg);
   return rc;
 }
 

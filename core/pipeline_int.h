@@ -90,11 +90,12 @@ int mopt_int_set_dynamic(mopt_model *m, const mopt_weight *w, const mopt_qtensor
  * tensor of w's name and shape (main graph). Each returns 1 when found and stored in exactly the
  * layout asked for, 0 when not (no such tensor, other form or layout), MOPT_ENOMEM.
  * values: the anchor's decoded values (malloc'd, w->nelem floats) for its zero mask.
- * qparams: ng scales and zero points for (qtype, axis, block size) as mopt_qtensor lays them out.
+ * qparams: ng scales and zero points for (qtype, axis, block size) as mopt_qtensor lays them out,
+ *   and when q_out is not NULL the anchor's w->nelem quantized integers.
  * table: the n_tables * *k centroid table (malloc'd, entries in the anchor's stored order). */
 int mopt_anchor_values(const mopt_model *a, const mopt_weight *w, float **vals);
 int mopt_anchor_qparams(const mopt_model *a, const mopt_weight *w, int32_t qtype, int32_t axis,
-                        int64_t block, size_t ng, float *scales, int32_t *zps);
+                        int64_t block, size_t ng, float *scales, int32_t *zps, int32_t *q_out);
 int mopt_anchor_table(const mopt_model *a, const mopt_weight *w, int32_t axis, size_t n_tables,
                       int32_t *k, float **table);
 

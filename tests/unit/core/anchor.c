@@ -16,8 +16,8 @@
 #include "model_builder.h"
 #include "mopt.h"
 
-/* X[2,64] → MatMul W1[64,96] → MatMul W2[96,32] → Y. version 1: base values; 2: scaled by 0.99
- * plus a small wiggle (every weight moves, ranges shrink a little); 3: scaled by 3 (far off). */
+/* X[2,64] → MatMul W1[64,96] → MatMul W2[96,32] → Y. version 1: base values; 2: plus a small
+ * wiggle (every weight moves by up to ~1/3 of an int8 step, ranges move too); 3: scaled by 3. */
 static void write_model(const char *path, int version) {
   Onnx__ModelProto *m = mb_model(13, 7);
   Onnx__GraphProto *g = m->graph;
@@ -29,7 +29,7 @@ static void write_model(const char *path, int version) {
     size_t n = (size_t)(dims[t][0] * dims[t][1]);
     float *v = mb_values(n, (unsigned)t + 1);
     for (size_t i = 0; i < n; i++) {
-      if (version == 2) v[i] = 0.99f * v[i] + 0.0005f * (float)__builtin_sin((double)i * 1.7);
+      if (version == 2) v[i] += 0.002f * (float)__builtin_sin((double)i * 1.7);
       if (version == 3) v[i] *= 3.0f;
     }
     mb_init(g, mb_tensor_f32(names[t], 2, dims[t], v));
@@ -125,10 +125,23 @@ static int teardown(void **st) {
   return 0;
 }
 
+/* Number of equal float32 values at the same positions of two stored tensors. */
+static size_t equal_count(const char *a, const char *b, const char *name) {
+  uint64_t na = 0, nb = 0;
+  float *va = stored(a, name, &na), *vb = stored(b, name, &nb);
+  assert_int_equal(na, nb);
+  size_t same = 0;
+  for (uint64_t i = 0; i < na; i++) same += memcmp(va + i, vb + i, sizeof *va) == 0;
+  free(va);
+  free(vb);
+  return same;
+}
+
 static void quantize_reuses_scales(void **st) {
   (void)st;
+  /* per tensor: one scale, reused whole */
   mopt_pass p = {.op = MOPT_PASS_QUANTIZE, .qtype = MOPT_DT_INT8,
-                 .granularity = MOPT_GRAN_PER_CHANNEL, .symmetric = 1};
+                 .granularity = MOPT_GRAN_PER_TENSOR, .symmetric = 1};
   free(optimize(tmp_path("v1.onnx"), tmp_path("o1.onnx"), &p, NULL));
   char *plain = optimize(tmp_path("v2.onnx"), tmp_path("o2.onnx"), &p, NULL);
   char *anch = optimize(tmp_path("v2.onnx"), tmp_path("o2a.onnx"), &p, tmp_path("o1.onnx"));
@@ -141,7 +154,29 @@ static void quantize_reuses_scales(void **st) {
   assert_true(same_tensor(tmp_path("o1.onnx"), tmp_path("o2a.onnx"), "W2__mopt_scale"));
   free(plain);
   free(anch);
+
+  /* per channel: the groups the report says were reused are v1's bytes, fresh ones are not */
+  p.granularity = MOPT_GRAN_PER_CHANNEL;
+  free(optimize(tmp_path("v1.onnx"), tmp_path("o1.onnx"), &p, NULL));
+  plain = optimize(tmp_path("v2.onnx"), tmp_path("o2.onnx"), &p, NULL);
+  anch = optimize(tmp_path("v2.onnx"), tmp_path("o2a.onnx"), &p, tmp_path("o1.onnx"));
+  assert_non_null(strstr(anch, "\"anchored_tensors\":2"));
+  const char *note = strstr(anch, "scales in ");
+  assert_non_null(note);
+  unsigned reused = 0, groups = 0;
+  assert_int_equal(sscanf(note, "scales in %u of %u groups", &reused, &groups), 2);
+  assert_int_equal(groups, 96);                            /* W1 comes first: 96 channels */
+  assert_true(reused > 0);
+  size_t fresh_same = equal_count(tmp_path("o1.onnx"), tmp_path("o2.onnx"), "W1__mopt_scale");
+  size_t anch_same = equal_count(tmp_path("o1.onnx"), tmp_path("o2a.onnx"), "W1__mopt_scale");
+  assert_true(anch_same >= reused);
+  assert_true(anch_same > fresh_same);
+  free(plain);
+  free(anch);
+
   /* v3 = 3 x v1: v1's scales would clip everything, the 0.5 dB bound refuses them */
+  p.granularity = MOPT_GRAN_PER_TENSOR;
+  free(optimize(tmp_path("v1.onnx"), tmp_path("o1.onnx"), &p, NULL));
   char *far = optimize(tmp_path("v3.onnx"), tmp_path("o3a.onnx"), &p, tmp_path("o1.onnx"));
   assert_non_null(strstr(far, "\"anchored_tensors\":0"));
   assert_false(same_tensor(tmp_path("o1.onnx"), tmp_path("o3a.onnx"), "W1__mopt_scale"));
