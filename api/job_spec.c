@@ -214,7 +214,7 @@ static int parse_pair(const char *s, char sep, int32_t *a, int32_t *b) {
 /* ------------------------------------------------------------ pass parsers ---- */
 
 static int parse_prune(const json_t *o, const char *base, mopt_pass *p, mopt_diag *diag) {
-  static const char *const keys[] = {"op", "sparsity", "pattern", "norm", "scope", NULL};
+  static const char *const keys[] = {"op", "sparsity", "pattern", "norm", "scope", "anchor", NULL};
   int rc = check_keys(o, keys, base, "a prune pass", diag);
   if (rc) return rc;
   char where[256];
@@ -292,7 +292,8 @@ static int parse_prune(const json_t *o, const char *base, mopt_pass *p, mopt_dia
 }
 
 static int parse_cluster(const json_t *o, const char *base, mopt_pass *p, mopt_diag *diag) {
-  static const char *const keys[] = {"op", "clusters", "init", "granularity", "encoding", NULL};
+  static const char *const keys[] = {"op", "clusters", "init", "granularity", "encoding", "anchor",
+                                     NULL};
   int rc = check_keys(o, keys, base, "a cluster pass", diag);
   if (rc) return rc;
   int64_t k = 16;
@@ -313,7 +314,7 @@ static int parse_cluster(const json_t *o, const char *base, mopt_pass *p, mopt_d
 
 static int parse_quantize(const json_t *o, const char *base, mopt_pass *p, mopt_diag *diag) {
   static const char *const keys[] = {"op", "dtype", "granularity", "block_size", "symmetric",
-                                     "mse", "activations", NULL};
+                                     "mse", "activations", "anchor", NULL};
   int rc = check_keys(o, keys, base, "a quantize pass", diag);
   if (rc) return rc;
   char where[256];
@@ -526,6 +527,14 @@ static void sb_key(api_tb *b, int *first, const char *key) {
 static void write_pass(api_tb *b, const mopt_pass *p) {
   int f = 1;
   api_tb_str(b, "{");
+  if (p->op == MOPT_PASS_QUANTIZE) {      /* "activations" < "anchor" < every other key */
+    sb_key(b, &f, "activations");
+    api_tb_json_str(b, enum_name(act_names, p->activations));
+  }
+  if (p->use_anchor) {
+    sb_key(b, &f, "anchor");
+    api_tb_json_str(b, p->anchor);
+  }
   switch (p->op) {
     case MOPT_PASS_PRUNE:
       if (p->pattern == MOPT_PRUNE_CHANNEL) {
@@ -557,8 +566,6 @@ static void write_pass(api_tb *b, const mopt_pass *p) {
       api_tb_str(b, "\"cluster\"");
       break;
     case MOPT_PASS_QUANTIZE:
-      sb_key(b, &f, "activations");
-      api_tb_json_str(b, enum_name(act_names, p->activations));
       if (p->granularity == MOPT_GRAN_BLOCK) {
         sb_key(b, &f, "block_size");
         api_tb_fmt(b, "%d", p->block_size);
@@ -628,6 +635,33 @@ static int valid_model_id(const char *s) {
   return 1;
 }
 
+/* "anchor" of a prune/cluster/quantize pass: a model id or "release:{name}/{channel}". Every
+ * pass that names one must name the same one (a job runs against one anchor model). */
+static int parse_anchor(const json_t *po, const char *base, mopt_pass *p, const mopt_spec *spec,
+                        mopt_diag *diag) {
+  json_t *a = json_object_get(po, "anchor");
+  if (!a) return 0;
+  char where[96];
+  snprintf(where, sizeof where, "%s/anchor", base);
+  const char *s = json_is_string(a) ? json_string_value(a) : NULL;
+  const char *slash = s && strncmp(s, "release:", 8) == 0 ? strchr(s + 8, '/') : NULL;
+  int ok = s && (valid_model_id(s) ||
+                 (slash && slash > s + 8 && slash[1] && !strchr(slash + 1, '/') &&
+                  slash - (s + 8) < 128 && strlen(slash + 1) < 64));
+  if (!ok)
+    return mopt_diag_set(diag, MOPT_ESPEC, where,
+                         "anchor must be a model id \"sha256:<64 lowercase hex>\" or "
+                         "\"release:{name}/{channel}\"");
+  for (size_t i = 0; i < spec->n_passes; i++)
+    if (spec->passes[i].use_anchor && strcmp(spec->passes[i].anchor, s) != 0)
+      return mopt_diag_set(diag, MOPT_ESPEC, where,
+                           "anchor \"%.80s\" differs from pass %zu's \"%.80s\": a job has one "
+                           "anchor model", s, i, spec->passes[i].anchor);
+  p->use_anchor = 1;
+  snprintf(p->anchor, sizeof p->anchor, "%s", s);
+  return 0;
+}
+
 static int parse_root(const json_t *root, int require_model, mopt_spec *spec, char **model_out,
                       mopt_diag *diag) {
   static const char *const keys[] = {"model", "passes", "select", "seed", NULL};
@@ -684,6 +718,7 @@ static int parse_root(const json_t *root, int require_model, mopt_spec *spec, ch
       memset(p, 0, sizeof *p);
       p->op = (mopt_pass_op)opv;
       if ((rc = pass_parsers[opv](po, base, p, diag))) return rc;
+      if ((rc = parse_anchor(po, base, p, spec, diag))) return rc;
       if (opv == MOPT_PASS_QUANTIZE || opv == MOPT_PASS_FP16) {
         if (storage_pass >= 0)
           return mopt_diag_set(diag, MOPT_ESPEC, base,
@@ -703,6 +738,8 @@ static int parse_root(const json_t *root, int require_model, mopt_spec *spec, ch
   spec->seed = (uint64_t)seed;
   return 0;
 }
+
+char *api_spec_normalize(const mopt_spec *spec) { return write_spec(spec); }
 
 int api_spec_parse(const char *text, size_t len, int require_model, mopt_spec *spec,
                    char **model_out, char **normalized, mopt_diag *diag) {

@@ -23,4 +23,9 @@
 int api_spec_parse(const char *text, size_t len, int require_model, mopt_spec *spec,
                    char **model_out, char **normalized, mopt_diag *diag);
 
+/* The canonical JSON of a parsed spec (as api_spec_parse's normalized), malloc'd, NULL on
+ * ENOMEM. The API uses it after rewriting a pass's "anchor" (a release resolved to its model
+ * id) so the job key covers the model the anchor meant at submission time. */
+char *api_spec_normalize(const mopt_spec *spec);
+
 #endif

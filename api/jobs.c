@@ -39,6 +39,52 @@ static int job_key(const char *model, const char *norm, char key[65]) {
   return 0;
 }
 
+/* Resolves every pass's "anchor" to a model id: a release to its current model, a model id
+ * checked to exist. On success *norm is re-normalized with the ids (so the job key and the
+ * worker's spec name the model, not the moving release). On failure the response is set
+ * (404 with the pointer /passes/N/anchor when the release or model is unknown). */
+static int resolve_anchors(store_conn *c, mopt_spec *spec, char **norm, api_response *resp) {
+  int changed = 0;
+  for (size_t i = 0; i < spec->n_passes; i++) {
+    mopt_pass *p = &spec->passes[i];
+    if (!p->use_anchor) continue;
+    char where[48], msg[320];
+    snprintf(where, sizeof where, "/passes/%zu/anchor", i);
+    int rc;
+    if (strncmp(p->anchor, "release:", 8) == 0) {
+      char name[208];
+      snprintf(name, sizeof name, "%s", p->anchor + 8);
+      char *slash = strchr(name, '/');
+      if (slash) *slash = 0;
+      store_release r;
+      rc = store_release_current(c, name, slash ? slash + 1 : "", &r);
+      if (rc == 0) {
+        snprintf(p->anchor, sizeof p->anchor, "%s", r.model);
+        changed = 1;
+      }
+      snprintf(msg, sizeof msg, "no release %.200s (publish one first)", p->anchor);
+    } else {
+      store_model m;
+      rc = store_model_get(c, p->anchor, &m);
+      snprintf(msg, sizeof msg, "no model %.80s to anchor on", p->anchor);
+    }
+    if (rc) {
+      api_error(resp, rc, rc == MOPT_ENOTFOUND ? msg : NULL, where, NULL);
+      return rc;
+    }
+  }
+  if (changed) {
+    char *n = api_spec_normalize(spec);
+    if (!n) {
+      api_error(resp, MOPT_ENOMEM, NULL, NULL, NULL);
+      return MOPT_ENOMEM;
+    }
+    free(*norm);
+    *norm = n;
+  }
+  return 0;
+}
+
 int api_h_jobs_create(api_ctx *ctx, const api_request *req, api_response *resp) {
   mopt_spec spec;
   mopt_diag d;
@@ -57,9 +103,15 @@ int api_h_jobs_create(api_ctx *ctx, const api_request *req, api_response *resp) 
     api_error_diag(resp, rc, &d);
     return rc;
   }
-  mopt_spec_free(&spec);
-
   store_conn *c = store_conn_get(ctx->st);
+  rc = resolve_anchors(c, &spec, &norm, resp);
+  mopt_spec_free(&spec);
+  if (rc) {
+    free(model);
+    free(norm);
+    return rc;
+  }
+
   store_model m;
   rc = store_model_get(c, model, &m);
   if (rc) {

@@ -259,6 +259,9 @@ typedef struct mopt_pass {
   /* prune / cluster / quantize: 1 = reuse the anchor model's mask / centroids / scales for tensors
    * of the same name and shape while the pass's bound holds (see mopt_spec.anchor_path) */
   int32_t use_anchor;
+  /* the spec's "anchor" as written: "sha256:<64 hex>" or "release:{name}/{channel}" (the API
+   * resolves a release to its model id before the job is stored); "" when none */
+  char anchor[208];
 } mopt_pass;
 
 #define MOPT_MAX_PASSES 16

@@ -43,6 +43,7 @@ typedef struct worker {
   char job[40];
   char model[72];
   char in_path[PATH_MAX], spec_path[PATH_MAX], out_path[PATH_MAX], report_path[PATH_MAX];
+  char anchor_path[PATH_MAX];  /* blob of the spec's "anchor" model; "" when none */
   char line[16384];
   size_t line_len;
   int line_overflow;
@@ -517,6 +518,18 @@ static void spawn(srv_sched *s, store_job *j) {
     free(w);
     return;
   }
+  /* the API stored the anchor resolved to a model id: "anchor":"sha256:<64 hex>" */
+  const char *an = j->spec ? strstr(j->spec, "\"anchor\":\"sha256:") : NULL;
+  if (an) {
+    char ahex[65];
+    snprintf(ahex, sizeof ahex, "%.64s", an + 17);
+    if (strlen(ahex) != 64 || store_blob_path(st, ahex, w->anchor_path, sizeof w->anchor_path) != 0) {
+      snprintf(msg, sizeof msg, "anchor model sha256:%s has no blob in the store", ahex);
+      fail_claimed(s, j->id, "not_found", msg);
+      free(w);
+      return;
+    }
+  }
   if (store_tmp_path(st, ".spec.json", w->spec_path, sizeof w->spec_path) != 0 ||
       store_tmp_path(st, ".onnx", w->out_path, sizeof w->out_path) != 0 ||
       store_tmp_path(st, ".report.json", w->report_path, sizeof w->report_path) != 0 ||
@@ -540,7 +553,11 @@ static void spawn(srv_sched *s, store_job *j) {
    * kill -9 (PR_SET_PDEATHSIG); see srv_exec_worker. */
   char *args[] = {s->self_exe, SRV_EXEC_WORKER_FLAG, s->self_pid, s->mopt, "worker", "--input",
                   w->in_path, "--spec", w->spec_path, "--output", w->out_path, "--report",
-                  w->report_path, "--max-memory-mb", mem, "--max-cpu-s", cpu, NULL};
+                  w->report_path, "--max-memory-mb", mem, "--max-cpu-s", cpu, NULL, NULL, NULL};
+  if (w->anchor_path[0]) {
+    args[17] = "--anchor";
+    args[18] = w->anchor_path;
+  }
   uv_pipe_init(&s->loop, &w->out, 0);
   uv_pipe_init(&s->loop, &w->err, 0);
   w->out.data = w->err.data = w->proc.data = w->timer.data = w;

@@ -293,6 +293,54 @@ static void test_bad_inputs(void **state) {
   }
 }
 
+/* "anchor" on prune/cluster/quantize: a model id or release:{name}/{channel}, one per job,
+ * kept in the canonical text (so the job key covers it); refused elsewhere and when malformed. */
+static void test_anchor(void **state) {
+  (void)state;
+  mopt_spec s;
+  mopt_diag d;
+  char *norm = NULL;
+  assert_int_equal(parse("{\"passes\":[{\"op\":\"prune\",\"anchor\":\"release:kws/stable\"},"
+                         "{\"op\":\"quantize\",\"anchor\":\"release:kws/stable\"}]}", 0, &s, &norm, &d), 0);
+  assert_int_equal(s.passes[0].use_anchor, 1);
+  assert_int_equal(s.passes[1].use_anchor, 1);
+  assert_string_equal(s.passes[1].anchor, "release:kws/stable");
+  assert_non_null(strstr(norm, "{\"anchor\":\"release:kws/stable\",\"op\":\"prune\""));
+  assert_non_null(strstr(norm, "{\"activations\":\"none\",\"anchor\":\"release:kws/stable\",\"dtype\""));
+  /* the API rewrites a release to its model id and re-normalizes */
+  snprintf(s.passes[0].anchor, sizeof s.passes[0].anchor, "%s", MODEL);
+  char *again = api_spec_normalize(&s);
+  assert_non_null(strstr(again, "\"anchor\":\"" MODEL "\""));
+  free(again);
+  mopt_spec_free(&s);
+  free(norm);
+  /* same text parsed again gives the same canonical form */
+  assert_int_equal(parse("{\"passes\":[{\"op\":\"cluster\",\"anchor\":\"" MODEL "\"}]}", 0, &s, &norm, &d), 0);
+  char *n2 = NULL;
+  mopt_spec s2;
+  assert_int_equal(parse(norm, 0, &s2, &n2, &d), 0);
+  assert_string_equal(norm, n2);
+  mopt_spec_free(&s);
+  mopt_spec_free(&s2);
+  free(norm);
+  free(n2);
+  const char *bad[][2] = {
+    {"{\"passes\":[{\"op\":\"quantize\",\"anchor\":\"latest\"}]}", "/passes/0/anchor"},
+    {"{\"passes\":[{\"op\":\"quantize\",\"anchor\":\"release:kws\"}]}", "/passes/0/anchor"},
+    {"{\"passes\":[{\"op\":\"quantize\",\"anchor\":\"release:/stable\"}]}", "/passes/0/anchor"},
+    {"{\"passes\":[{\"op\":\"quantize\",\"anchor\":\"release:a/b/c\"}]}", "/passes/0/anchor"},
+    {"{\"passes\":[{\"op\":\"quantize\",\"anchor\":7}]}", "/passes/0/anchor"},
+    {"{\"passes\":[{\"op\":\"prune\",\"anchor\":\"release:a/b\"},"
+     "{\"op\":\"quantize\",\"anchor\":\"release:a/c\"}]}", "/passes/1/anchor"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    assert_int_equal(parse(bad[i][0], 0, &s, NULL, &d), MOPT_ESPEC);
+    assert_string_equal(d.where, bad[i][1]);
+  }
+  assert_int_equal(parse("{\"passes\":[{\"op\":\"fp16\",\"anchor\":\"" MODEL "\"}]}", 0, &s, NULL, &d),
+                   MOPT_ESPEC);
+}
+
 static void test_too_many_passes(void **state) {
   (void)state;
   char buf[2048] = "{\"passes\":[";
@@ -428,6 +476,7 @@ int main(void) {
     cmocka_unit_test(test_every_option),
     cmocka_unit_test(test_quantize_defaults_and_variants),
     cmocka_unit_test(test_bad_inputs),
+    cmocka_unit_test(test_anchor),
     cmocka_unit_test(test_too_many_passes),
     cmocka_unit_test(test_nesting_bound),
     cmocka_unit_test(test_nul_and_length),
