@@ -57,6 +57,7 @@ help:
 	@echo "make unit       build and run the C unit tests only"
 	@echo "make asan       the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make bench      benchmarks (wrk, nginx, 1 GiB transfers, optimizer speed)"
+	@echo "make bench-ota  OTA payload sizes and speed vs bsdiff, xdelta3, zstd; anchored vs plain deltas"
 	@echo "make fuzz       run the model-loader fuzzer for FUZZ_SECONDS (default 60)"
 	@echo "make clean      remove build/"
 
@@ -145,7 +146,8 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIBMOPT)
 bench: deps-bench deps-test all $(BENCH_BIN)
 	@sh tests/bench/run.sh
 
-bench-ota: $(BUILD)/mopt
+bench-ota: deps-bench deps-test $(BUILD)/mopt
+	@/usr/bin/python3 tests/ota/bench_anchor.py --mopt $(BUILD)/mopt --work $(BUILD)/anchor-bench
 	@/usr/bin/python3 tests/ota/bench_ota.py --mopt $(BUILD)/mopt --work $(BUILD)/ota-bench
 
 fuzz: all
