@@ -132,11 +132,11 @@ def main():
 
     # rlimits are applied to itself: 40 MB of address space cannot hold the model + decode
     name = "--max-memory-mb 40 on a 38 MB model: exit 3, out_of_memory, no output"
+    big = os.path.join(tmp, "big.onnx")
+    mlp(big, 16, 768, seed=1)                         # 16 x 768 x 768 floats = 37.7 MB
     if "asan" in os.environ.get("MOPT_BUILD", ""):
         skip(name, "sanitizer build: RLIMIT_AS cannot be enforced under AddressSanitizer")
     else:
-        big = os.path.join(tmp, "big.onnx")
-        mlp(big, 16, 768, seed=1)                     # 16 x 768 x 768 floats = 37.7 MB
         p, ev = worker(tmp, big, spec, out="lim.onnx", extra=["--max-memory-mb", "40"])
         ok(p.returncode == 3 and ev and ev[-1]["event"] == "error" and ev[-1]["code"] == "out_of_memory"
            and not os.path.exists(os.path.join(tmp, "lim.onnx")), name,
