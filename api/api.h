@@ -148,6 +148,12 @@ int api_route_find(api_method method, const char *path, const api_route **route,
                    const char **params, size_t *n_params, char *param_buf, size_t bufn,
                    char *allow, size_t allown);
 
+/* Time as moptd writes it everywhere (JSON bodies, logs): RFC 3339 UTC with milliseconds,
+ * "2026-11-27T23:10:00.123Z", into buf (>= 32 bytes). Thread-safe. */
+void api_time_format(int64_t unix_ms, char *buf, size_t n);
+/* Wall clock in unix milliseconds. */
+int64_t api_now_ms(void);
+
 /* Validates the ONNX file at path with libmopt (limits from ctx), publishes it as a blob
  * (path must be under the store's tmp/, it is renamed or removed) and indexes it as a model
  * with the given name/version/parent/job (any may be NULL). Used by uploads (via the upload's

@@ -67,9 +67,6 @@ int api_etag_match(const char *if_none_match, const char *etag);
 /* ---- JSON renderers (malloc'd compact text; NULL on out of memory) ---- */
 char *api_model_json(const store_model *m);
 char *api_job_json(const store_job *j);
-/* RFC 3339 UTC with milliseconds into buf (>= 32 bytes). */
-void api_time_format(int64_t unix_ms, char *buf, size_t n);
-int64_t api_now_ms(void);
 
 /* Parses ?limit= (default 100, 1..1000) and ?cursor= (at most 63 chars). On error fills resp
  * and returns the error. */

@@ -19,11 +19,7 @@ static const char *const level_str[] = {"debug", "info", "warn", "error"};
 void srv_log_set_level(int level) { atomic_store(&log_level, level); }
 int srv_log_enabled(int level) { return level >= atomic_load_explicit(&log_level, memory_order_relaxed); }
 
-int64_t srv_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t srv_now_ms(void) { return api_now_ms(); }
 
 int64_t srv_mono_us(void) {
   struct timespec ts;
@@ -31,15 +27,8 @@ int64_t srv_mono_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-void srv_time_rfc3339(int64_t unix_ms, char *buf, size_t n) {
-  time_t secs = (time_t)(unix_ms / 1000);
-  int ms = (int)(unix_ms % 1000);
-  if (ms < 0) { ms += 1000; secs -= 1; }
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  snprintf(buf, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-}
+/* One time format for logs and JSON bodies: api's. */
+void srv_time_rfc3339(int64_t unix_ms, char *buf, size_t n) { api_time_format(unix_ms, buf, n); }
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), 0 when invalid. */
 static size_t utf8_len(const unsigned char *s, size_t n) {
