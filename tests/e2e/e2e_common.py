@@ -231,3 +231,18 @@ def find_tensor_entries(report):
 
 def tmpdir(prefix):
     return tempfile.mkdtemp(prefix=prefix)
+
+
+def run_suite(prefix, run):
+    """Runs run(tap, work) in a fresh temp dir (kept when MOPT_E2E_KEEP=1, removed otherwise)
+    and returns the TAP exit status."""
+    tap = Tap()
+    work = tmpdir(prefix)
+    try:
+        run(tap, work)
+    finally:
+        if os.environ.get("MOPT_E2E_KEEP") == "1":
+            tap.note("work dir kept: " + work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return tap.done()

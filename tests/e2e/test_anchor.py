@@ -13,7 +13,6 @@ statistics, coarse accuracy (0.22-point steps).
 """
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -37,13 +36,7 @@ def initializers(path):
 
 
 def main():
-    tap = E.Tap()
-    work = E.tmpdir("mopt-anchor-")
-    try:
-        run(tap, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return tap.done()
+    return E.run_suite("mopt-anchor-", run)
 
 
 def run(tap, work):

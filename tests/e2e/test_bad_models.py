@@ -13,7 +13,6 @@ is a heuristic; the exact wording is the implementer's.
 """
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,13 +29,7 @@ WHERE = {
 
 
 def main():
-    tap = E.Tap()
-    work = E.tmpdir("mopt-bad-")
-    try:
-        run(tap, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return tap.done()
+    return E.run_suite("mopt-bad-", run)
 
 
 def run(tap, work):

@@ -12,7 +12,6 @@ technique, not a statistical test.
 """
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -41,13 +40,7 @@ SPECS = [
 
 
 def main():
-    tap = E.Tap()
-    work = E.tmpdir("mopt-digits-")
-    try:
-        run(tap, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return tap.done()
+    return E.run_suite("mopt-digits-", run)
 
 
 def run(tap, work):

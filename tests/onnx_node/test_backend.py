@@ -26,7 +26,6 @@ Trade-off: aggregated lines keep the TAP output readable (about 1000 models) at 
 import glob
 import json
 import os
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,16 +125,7 @@ def same(a, b):
 
 
 def main():
-    tap = E.Tap()
-    work = E.tmpdir("mopt-onnx-node-")
-    try:
-        run(tap, work)
-    finally:
-        if os.environ.get("MOPT_E2E_KEEP") != "1":
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            tap.note("work dir kept: " + work)
-    return tap.done()
+    return E.run_suite("mopt-onnx-node-", run)
 
 
 def run(tap, work):
