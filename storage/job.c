@@ -326,19 +326,28 @@ int store_job_succeed(store_conn *c, const char *id, const char *output, const c
   return changes ? 0 : no_match(c, id);
 }
 
-int store_job_fail(store_conn *c, const char *id, const char *error_json) {
+/* The shape of the simple terminal transitions: UPDATE … WHERE id = ?1 with now as ?2 and, for
+ * statements that take one, text (or NULL) as ?3; MOPT_ENOTFOUND / MOPT_ECONFLICT when no row
+ * moved (no_match tells which). */
+static int job_transition(store_conn *c, int stmt_id, const char *id, const char *text) {
   if (!id) return MOPT_EINVAL;
   int rc = 0;
-  sqlite3_stmt *st = store_stmt(c, ST_JOB_FAIL, &rc);
+  sqlite3_stmt *st = store_stmt(c, stmt_id, &rc);
   if (!st) return rc;
   sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(st, 2, store_now_ms());
-  if (error_json) sqlite3_bind_text(st, 3, error_json, -1, SQLITE_TRANSIENT);
-  else sqlite3_bind_null(st, 3);
+  if (sqlite3_bind_parameter_count(st) >= 3) {
+    if (text) sqlite3_bind_text(st, 3, text, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(st, 3);
+  }
   int changes = 0;
   rc = run_update(c, st, &changes);
   if (rc) return rc;
   return changes ? 0 : no_match(c, id);
+}
+
+int store_job_fail(store_conn *c, const char *id, const char *error_json) {
+  return job_transition(c, ST_JOB_FAIL, id, error_json);
 }
 
 int store_job_cancel(store_conn *c, const char *id, int *was_running) {
@@ -375,29 +384,11 @@ fail:
 }
 
 int store_job_cancelled(store_conn *c, const char *id) {
-  if (!id) return MOPT_EINVAL;
-  int rc = 0;
-  sqlite3_stmt *st = store_stmt(c, ST_JOB_CANCELLED, &rc);
-  if (!st) return rc;
-  sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_int64(st, 2, store_now_ms());
-  int changes = 0;
-  rc = run_update(c, st, &changes);
-  if (rc) return rc;
-  return changes ? 0 : no_match(c, id);
+  return job_transition(c, ST_JOB_CANCELLED, id, NULL);
 }
 
 int store_job_requeue(store_conn *c, const char *id) {
-  if (!id) return MOPT_EINVAL;
-  int rc = 0;
-  sqlite3_stmt *st = store_stmt(c, ST_JOB_REQUEUE, &rc);
-  if (!st) return rc;
-  sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-  sqlite3_bind_int64(st, 2, store_now_ms());
-  int changes = 0;
-  rc = run_update(c, st, &changes);
-  if (rc) return rc;
-  return changes ? 0 : no_match(c, id);
+  return job_transition(c, ST_JOB_REQUEUE, id, NULL);
 }
 
 int store_job_counts(store_conn *c, uint64_t counts[5]) {
