@@ -80,6 +80,10 @@ $(BUILD)/obj/gen/onnx.pb-c.o: $(GEN)/onnx.pb-c.c
 	$(CC) -std=c11 $(OPT) $(SAN) -fPIC -w -I$(GEN) -c $< -o $@
 
 # ---- per-directory compile rules ----
+# The quantization kernels are written as plain loops for the vectorizer; -O2's very cheap cost
+# model leaves most of them scalar.
+$(BUILD)/obj/core/quantize.o: CFLAGS_COMMON += -fvect-cost-model=dynamic
+
 $(BUILD)/obj/core/%.o: core/%.c $(GEN)/onnx.pb-c.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(INC_core) -c $< -o $@

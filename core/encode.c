@@ -17,6 +17,7 @@
  * for the ops used here), which is what read_f32 returns for an encoded weight.
  */
 #include "model_int.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -142,20 +143,67 @@ static void *pack_float(const float *v, uint64_t n, int32_t dt, size_t *len) {
 }
 
 /* Integer values → raw bytes of an 8-bit or packed 4-bit dtype. */
-static void *pack_ints(const int32_t *v, uint64_t n, int32_t dt, size_t *len) {
-  int four = dt == MOPT_DT_INT4 || dt == MOPT_DT_UINT4;
-  size_t bytes = four ? (n + 1) / 2 : n;
-  uint8_t *b = malloc(bytes ? bytes : 1);
-  if (!b) return NULL;
-  if (four) { /* element 2i in the low nibble, 2i+1 in the high nibble (ONNX order) */
+static int is_four_bit(int32_t dt) { return dt == MOPT_DT_INT4 || dt == MOPT_DT_UINT4; }
+
+/* n integers as stored in raw_data of type dt: one byte each, or for 4-bit types element 2i in
+ * the low nibble and 2i+1 in the high nibble (ONNX order). */
+static void pack_ints_into(const int32_t *v, uint64_t n, int32_t dt, uint8_t *b) {
+  if (is_four_bit(dt)) {
     for (uint64_t i = 0; i + 1 < n; i += 2)
       b[i / 2] = (uint8_t)((v[i] & 15) | ((v[i + 1] & 15) << 4));
     if (n & 1) b[n / 2] = (uint8_t)(v[n - 1] & 15);
   } else {
     for (uint64_t i = 0; i < n; i++) b[i] = (uint8_t)v[i];
   }
+}
+
+static void *pack_ints(const int32_t *v, uint64_t n, int32_t dt, size_t *len) {
+  size_t bytes = is_four_bit(dt) ? (n + 1) / 2 : n;
+  uint8_t *b = malloc(bytes ? bytes : 1);
+  if (!b) return NULL;
+  pack_ints_into(v, n, dt, b);
   *len = bytes;
   return b;
+}
+
+/* The quantized payload of one weight, computed a slice at a time from the float32 source
+ * (a producer for streamed raw_data, see mopt_int_stream). */
+typedef struct qsource {
+  const mopt_f32u *x;
+  mopt_qlayout l;
+  int32_t qtype, store_t;
+  uint64_t n;
+  float *scales;
+  int32_t *zps;
+} qsource;
+
+static void qsource_free(void *p) {
+  qsource *c = p;
+  if (!c) return;
+  free(c->scales);
+  free(c->zps);
+  free(c);
+}
+
+static int qsource_produce(void *p, uint64_t off, uint8_t *dst, size_t nbytes) {
+  const qsource *c = p;
+  enum { CHUNK = 4096 };                       /* even, so 4-bit slices start on a byte */
+  int32_t q[CHUNK];
+  int four = is_four_bit(c->store_t);
+  uint64_t e0 = four ? off * 2 : off, end = four ? (off + nbytes) * 2 : off + nbytes;
+  if (end > c->n) end = c->n;
+  if (e0 > end) return MOPT_EINTERNAL;
+  if (!four) {
+    mopt_quantize_apply_range_u8(c->x, &c->l, c->qtype, c->scales, c->zps, e0, end, dst);
+    return 0;
+  }
+  for (uint64_t e = e0; e < end;) {
+    uint64_t k = end - e < CHUNK ? end - e : CHUNK;
+    mopt_quantize_apply_range(c->x, &c->l, c->qtype, c->scales, c->zps, e, e + k, q);
+    pack_ints_into(q, k, c->store_t, dst + (four ? (e - e0) / 2 : e - e0));
+    e += k;
+  }
+  return 0;
 }
 
 static int is_float_dt(int32_t dt) {
@@ -392,8 +440,8 @@ static int q_range(int32_t qt, int32_t *lo, int32_t *hi) {
   }
 }
 
-int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
-                              mopt_diag *diag) {
+static int set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
+                         const mopt_f32u *src, mopt_diag *diag) {
   int rc = check_weight(m, w, diag);
   if (rc) return rc;
   int32_t lo, hi;
@@ -410,10 +458,10 @@ int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qt
   int64_t nb = block ? (dax + qt->block_size - 1) / qt->block_size : dax;
   uint64_t want = qt->axis < 0 ? 1 : (dax ? w->nelem / (uint64_t)dax * (uint64_t)nb : 0);
   if (qt->axis >= 0 && !block) want = (uint64_t)dax;
-  if (qt->n_scales != want || !qt->q || !qt->scales)
+  if (qt->n_scales != want || (!qt->q && !src) || !qt->scales)
     return mopt_diag_set(diag, MOPT_EINVAL, w->name, "expected %llu scales, got %zu",
                          (unsigned long long)want, qt->n_scales);
-  for (uint64_t i = 0; i < w->nelem; i++)
+  for (uint64_t i = 0; !src && i < w->nelem; i++)
     if (qt->q[i] < lo || qt->q[i] > hi)
       return mopt_diag_set(diag, MOPT_EINVAL, w->name, "q[%llu] = %d outside [%d, %d]",
                            (unsigned long long)i, (int)qt->q[i], (int)lo, (int)hi);
@@ -446,9 +494,12 @@ int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qt
                   : (qt->qtype == MOPT_DT_INT8 || qt->qtype == MOPT_DT_INT4) ? MOPT_DT_INT8
                                                                               : MOPT_DT_UINT8;
   size_t len;
-  void *qb = pack_ints(qt->q, w->nelem, store_t, &len);
+  /* from a source: an empty payload now, filled in after the commit (below) */
+  void *qb = src ? malloc(1) : pack_ints(qt->q, w->nelem, store_t, &len);
+  size_t qlen = is_four_bit(store_t) ? (w->nelem + 1) / 2 : w->nelem;
+  if (src) len = 0;
   char *qn = mkname(w->name, "q");
-  emit_tensor(&e, qn, store_t, w->dims, w->ndim, qb, len);
+  Onnx__TensorProto *qtensor = emit_tensor(&e, qn, store_t, w->dims, w->ndim, qb, len);
   float *sc = malloc(qt->n_scales * sizeof *sc);
   if (sc) memcpy(sc, qt->scales, qt->n_scales * sizeof *sc);
   char *sn = mkname(w->name, "scale");
@@ -523,7 +574,45 @@ int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qt
     free(qf); free(qz); free(sfull); free(zfull); free(bi);
   }
   emit_final_cast(&e, w, tmp);
-  return emit_commit(m, w, &e, MOPT_WENC_QUANT);
+  qsource *qs = NULL;
+  if (src) {
+    qs = calloc(1, sizeof *qs);
+    if (qs) {
+      *qs = (qsource){.x = src, .qtype = qt->qtype, .store_t = store_t, .n = w->nelem};
+      qs->l = (mopt_qlayout){qt->axis < 0 ? 0 : block ? 2 : 1,
+                             mopt_view_make(w->dims, w->ndim, qt->axis), block ? qt->block_size : 0};
+      qs->scales = malloc(qt->n_scales * sizeof *qs->scales);
+      qs->zps = calloc(qt->n_scales, sizeof *qs->zps);
+      if (qs->scales) memcpy(qs->scales, qt->scales, qt->n_scales * sizeof *qs->scales);
+      if (qs->zps && qt->zero_points) memcpy(qs->zps, qt->zero_points, qt->n_scales * sizeof *qs->zps);
+    }
+    if (!qs || !qs->scales || !qs->zps) { qsource_free(qs); e.oom = 1; }
+  }
+  if ((rc = emit_commit(m, w, &e, MOPT_WENC_QUANT))) { qsource_free(qs); return rc; }
+  if (!src) return 0;
+  if (mopt_int_stream(m, qtensor, qlen, qsource_produce, qsource_free, qs) == 0) return 0;
+  /* no streaming: compute the payload now */
+  uint8_t *b = malloc(qlen ? qlen : 1);
+  if (!b) { qsource_free(qs); return MOPT_ENOMEM; }
+  qsource_produce(qs, 0, b, qlen);
+  qsource_free(qs);
+  free(qtensor->raw_data.data);
+  qtensor->raw_data.data = b;
+  qtensor->raw_data.len = qlen;
+  return 0;
+}
+
+int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
+                              mopt_diag *diag) {
+  return set_quantized(m, w, qt, NULL, diag);
+}
+
+int mopt_weight_set_quantized_from(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
+                                   const void *x, mopt_diag *diag) {
+  if (!x || x != mopt_weight_f32_mapped(m, w))
+    return mopt_diag_set(diag, MOPT_EINVAL, w ? w->name : "",
+                         "source values must be the weight's own mapped payload");
+  return set_quantized(m, w, qt, x, diag);
 }
 
 /* ================================================================ LUT ==== */
@@ -1024,6 +1113,9 @@ static int ev_name(ev_ctx *c, const char *name, ev_val *v, int depth) {
 
 int mopt_int_eval_encoded(const mopt_model *m, const mopt_weight *w, float *out, mopt_diag *diag) {
   const mopt_wrec *r = &m->wr[w->index];
+  if (m->nstreamed)
+    return mopt_diag_set(diag, MOPT_EINVAL, w->name,
+                         "model holds streamed tensors: encoded weights cannot be read back");
   if (r->enc == MOPT_WENC_REMOVED)
     return mopt_diag_set(diag, MOPT_ENOTFOUND, w->name, "weight was removed as unused");
   ev_ctx c = {.g = r->graph, .diag = diag, .wname = w->name};

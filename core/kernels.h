@@ -77,6 +77,15 @@ int32_t mopt_quant1(float x, float scale, int32_t zp, int32_t qmin, int32_t qmax
 /* Dequantize one value: (q - zp) * scale. */
 float mopt_dequant1(int32_t q, float scale, int32_t zp);
 
+/* float32 values at any address (tensor payloads inside a mapped model file need not be 4-byte
+ * aligned); a float * converts to it implicitly. */
+typedef float mopt_f32u __attribute__((aligned(1)));
+
+/* The parameters alone (scales/zps, mopt_qlayout_groups entries each), in one read of x; with
+ * nonfinite != NULL, *nonfinite says whether x holds a NaN or an infinity. */
+int mopt_quantize_params(const mopt_f32u *x, const mopt_qlayout *l, const mopt_qconfig *c,
+                         float *scales, int32_t *zps, int *nonfinite);
+
 /* Whole tensor: computes scales/zps (mopt_qlayout_groups entries each) and q (nelem) and, when
  * deq != NULL, the dequantized values. The _ref twin gathers each group by the index formula
  * above and calls mopt_qparams_ref; the fast kernel walks the layout in memory order.
@@ -90,6 +99,16 @@ int mopt_quantize_tensor_ref(const float *x, const mopt_qlayout *l, const mopt_q
  * that were produced by dequantizing with the same parameters. */
 void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, const float *scales,
                          const int32_t *zps, int32_t *q, float *deq);
+
+/* Elements [e0, e1) of x (x is the whole tensor) into q[0 .. e1 - e0): the values
+ * mopt_quantize_apply gives them, computed a slice at a time for encoders that stream. */
+void mopt_quantize_apply_range(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                               const float *scales, const int32_t *zps, uint64_t e0, uint64_t e1,
+                               int32_t *q);
+/* The same stored as bytes (each value's low byte, as 8-bit raw_data holds it). */
+void mopt_quantize_apply_range_u8(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                                  const float *scales, const int32_t *zps, uint64_t e0,
+                                  uint64_t e1, uint8_t *out);
 
 /* ---------------------------------------------------------------- prune ---- */
 /* Order-preserving key of |x| (larger |x| → larger key; NaN sorts last). */

@@ -34,6 +34,19 @@ typedef struct mopt_wrec {
   int lr_rewrite;               /* low rank as (X·A)·B: 1, or 2 when B is stored transposed */
 } mopt_wrec;
 
+/* Bytes of a streamed raw_data, [off, off + n) of it, written to dst; 0 or a MOPT_E* code. */
+typedef int (*mopt_produce_fn)(void *ctx, uint64_t off, uint8_t *dst, size_t n);
+
+/* One streamed raw_data: `at` is an inaccessible reservation of len bytes that stands in for
+ * the data (raw_data.data == at), so an accidental read faults instead of returning garbage. */
+typedef struct mopt_streamed {
+  uint8_t *at;
+  size_t len;
+  mopt_produce_fn produce;
+  void (*release)(void *ctx);
+  void *ctx;
+} mopt_streamed;
+
 struct mopt_model {
   Onnx__ModelProto *pb;
   int64_t opset;               /* default-domain opset version, 0 if absent */
@@ -53,10 +66,20 @@ struct mopt_model {
   const uint8_t *borrow;
   size_t borrow_len;
   int borrow_mapped;           /* borrow is an mmap to unmap on destroy */
+  /* streamed outputs (see mopt_model_allow_streaming) */
+  int streaming;
+  mopt_streamed *streamed;
+  size_t nstreamed, capstreamed;
 };
 
 /* ---- borrowed payloads (onnx_io.c) ---- */
+/* 1 when p lies in the mapped input or is a streamed placeholder: never free or write it. */
 int mopt_int_borrowed(const mopt_model *m, const void *p);
+/* Makes t's raw_data a streamed one of len bytes produced by fn(ctx, ...); the model owns ctx
+ * from then on (release(ctx) at destroy). On failure (MOPT_ENOMEM, or MOPT_EINVAL when the
+ * model does not allow streaming) nothing changed and the caller still owns ctx. */
+int mopt_int_stream(mopt_model *m, Onnx__TensorProto *t, size_t len, mopt_produce_fn fn,
+                    void (*release)(void *ctx), void *ctx);
 /* Forgets a borrowed raw_data (sets it to NULL/0) so the tensor can be freed or refilled. */
 void mopt_int_tensor_detach(const mopt_model *m, Onnx__TensorProto *t);
 void mopt_int_free_tensor(const mopt_model *m, Onnx__TensorProto *t);

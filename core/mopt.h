@@ -77,6 +77,13 @@ int mopt_model_save(const mopt_model *m, uint8_t **out, size_t *out_len);
 int mopt_model_save_file(const mopt_model *m, const char *path, mopt_diag *diag);
 /* Frees the model. NULL is a no-op. */
 void mopt_model_destroy(mopt_model *m);
+/* Lets later encoders stream their largest outputs: instead of building a quantized tensor in
+ * memory they leave a producer that mopt_model_save_file runs while it writes, reading the
+ * values from the model's mapped input (models from mopt_model_load_file; a no-op otherwise).
+ * The output bytes are the same either way. Once a tensor is streamed the model can only be
+ * saved with mopt_model_save_file (any number of times) and destroyed: mopt_model_save,
+ * the report's size measurement and reading encoded weights return MOPT_EINVAL. */
+void mopt_model_allow_streaming(mopt_model *m);
 
 /* Summary used for upload metadata and `mopt inspect`. */
 typedef struct mopt_opset { char domain[64]; int64_t version; } mopt_opset;
@@ -198,6 +205,17 @@ typedef struct mopt_qtensor {
 } mopt_qtensor;
 int mopt_weight_set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
                               mopt_diag *diag);
+
+/* The weight's float32 values where they lie in the mapped input (little-endian raw_data of a
+ * model from mopt_model_load_file, not yet re-encoded), else NULL. Read-only, valid until the
+ * model is destroyed, not necessarily 4-byte aligned. */
+const void *mopt_weight_f32_mapped(const mopt_model *m, const mopt_weight *w);
+/* mopt_weight_set_quantized where q is not given: it is computed from x (what
+ * mopt_weight_f32_mapped returned for w) with qt's scales and zero points (the values
+ * mopt_quantize_apply gives), while mopt_model_save_file writes it when the model allows
+ * streaming, or at once otherwise. The saved bytes are the same as with the computed q. */
+int mopt_weight_set_quantized_from(mopt_model *m, const mopt_weight *w, const mopt_qtensor *qt,
+                                   const void *x, mopt_diag *diag);
 
 /* Palettized: value = table[idx] (per tensor, n_tables == 1) or table[c * k + idx] where c is the
  * index along axis (per channel, n_tables == dims[axis]). Stored as uint8 indices (packed 4-bit

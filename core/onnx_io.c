@@ -13,9 +13,13 @@
  * a large model costs one mapping, not a mapping plus a heap copy.
  * Saving is protobuf-c pack: fields in descriptor order, unknown fields kept, so the output of a
  * save re-loads and re-saves to the same bytes (and models written in field order, as ONNX's
- * own tools do, come back byte-identical); save_file streams to a temp file, then renames. Trade-off: external data is internalized at load
- * time, so the saved model is one self-contained file (it may differ from the input bytes for
- * such models) and the optimizer never touches files outside the bundle again.
+ * own tools do, come back byte-identical); save_file streams to a temp file through a small
+ * staging buffer, then renames. Streamed payloads (mopt_model_allow_streaming) are produced
+ * straight into that buffer while the file is written, so a quantized model is never held in
+ * memory as a whole.
+ * Trade-off: external data is internalized at load time, so the saved model is one
+ * self-contained file (it may differ from the input bytes for such models) and the optimizer
+ * never touches files outside the bundle again.
  */
 #include "model_int.h"
 
@@ -322,9 +326,41 @@ static void restore_graph(const strip_ctx *c, Onnx__GraphProto *g) {
   }
 }
 
+static const mopt_streamed *streamed_at(const mopt_model *m, const void *p) {
+  for (size_t i = 0; m && i < m->nstreamed; i++)
+    if (m->streamed[i].at == p) return &m->streamed[i];
+  return NULL;
+}
+
 int mopt_int_borrowed(const mopt_model *m, const void *p) {
   const uint8_t *b = p;
-  return m && m->borrow && b >= m->borrow && b < m->borrow + m->borrow_len;
+  if (m && m->borrow && b >= m->borrow && b < m->borrow + m->borrow_len) return 1;
+  return streamed_at(m, p) != NULL;
+}
+
+void mopt_model_allow_streaming(mopt_model *m) {
+  if (m && m->borrow) m->streaming = 1;
+}
+
+int mopt_int_stream(mopt_model *m, Onnx__TensorProto *t, size_t len, mopt_produce_fn fn,
+                    void (*release)(void *ctx), void *ctx) {
+  if (!m || !m->streaming || !t || !len || !fn) return MOPT_EINVAL;
+  if (m->nstreamed == m->capstreamed) {
+    size_t nc = m->capstreamed ? m->capstreamed * 2 : 64;
+    mopt_streamed *ns = realloc(m->streamed, nc * sizeof *ns);
+    if (!ns) return MOPT_ENOMEM;
+    m->streamed = ns;
+    m->capstreamed = nc;
+  }
+  void *at = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (at == MAP_FAILED) return MOPT_ENOMEM;
+  mopt_int_tensor_detach(m, t);
+  free(t->raw_data.data);
+  t->raw_data.data = at;
+  t->raw_data.len = len;
+  t->has_raw_data = 1;
+  m->streamed[m->nstreamed++] = (mopt_streamed){at, len, fn, release, ctx};
+  return 0;
 }
 
 void mopt_int_tensor_detach(const mopt_model *m, Onnx__TensorProto *t) {
@@ -359,7 +395,7 @@ static void detach_graph(const mopt_model *m, Onnx__GraphProto *g) {
 
 void mopt_int_free_node(const mopt_model *m, Onnx__NodeProto *n) {
   if (!n) return;
-  if (m->borrow) detach_node(m, n);
+  if (m->borrow || m->nstreamed) detach_node(m, n);
   protobuf_c_message_free_unpacked(&n->base, NULL);
 }
 
@@ -862,9 +898,14 @@ int mopt_model_load_file(const char *path, const mopt_load_limits *lim, mopt_mod
 void mopt_model_destroy(mopt_model *m) {
   if (!m) return;
   if (m->pb) {
-    if (m->borrow && m->pb->graph) detach_graph(m, m->pb->graph);
+    if ((m->borrow || m->nstreamed) && m->pb->graph) detach_graph(m, m->pb->graph);
     protobuf_c_message_free_unpacked(&m->pb->base, NULL);
   }
+  for (size_t i = 0; i < m->nstreamed; i++) {
+    munmap(m->streamed[i].at, m->streamed[i].len);
+    if (m->streamed[i].release) m->streamed[i].release(m->streamed[i].ctx);
+  }
+  free(m->streamed);
   if (m->borrow_mapped && m->borrow_len) munmap((void *)(uintptr_t)m->borrow, m->borrow_len);
   mopt_nameset_free(&m->reserved);
   for (size_t i = 0; i < m->nstrs; i++) free(m->strs[i]);
@@ -889,7 +930,7 @@ char *mopt_int_own(mopt_model *m, char *s) {
 
 /* ================================================================ save ==== */
 int mopt_model_save(const mopt_model *m, uint8_t **out, size_t *out_len) {
-  if (!m || !out || !out_len) return MOPT_EINVAL;
+  if (!m || !out || !out_len || m->nstreamed) return MOPT_EINVAL;
   size_t n = protobuf_c_message_get_packed_size(&m->pb->base);
   uint8_t *b = malloc(n ? n : 1);
   if (!b) return MOPT_ENOMEM;
@@ -902,7 +943,8 @@ int mopt_model_save(const mopt_model *m, uint8_t **out, size_t *out_len) {
 
 typedef struct file_sink {
   ProtobufCBuffer base;
-  int fd, err;
+  const mopt_model *m;
+  int fd, err, produce_rc;
   uint8_t *buf;
   size_t used, cap;
   uint64_t total;
@@ -920,17 +962,25 @@ static int sink_flush(file_sink *s) {
   return s->err;
 }
 
+/* Every byte goes through the small staging buffer, big payloads included: copying in user
+ * space into memory the process touches again and again is cheap, while handing write() a
+ * large buffer makes the kernel walk many cold user pages (measured on the target VMs: a
+ * 100 MB tensor written straight from its own buffer took 0.25 s, staged through 256 KiB
+ * 0.025 s). */
 static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
   file_sink *s = (file_sink *)b;
   s->total += len;
-  if (len >= s->cap) { /* big payloads go straight to the file, no staging copy */
-    if (sink_flush(s)) return;
-    while (len && !s->err) {
-      ssize_t w = write(s->fd, data, len);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) { s->err = errno ? errno : EIO; return; }
-      data += w;
-      len -= (size_t)w;
+  /* protobuf-c hands a bytes field over in one call: a streamed payload is produced here,
+   * straight into the staging buffer */
+  const mopt_streamed *st = len ? streamed_at(s->m, data) : NULL;
+  if (st && st->len == len) {
+    for (uint64_t off = 0; off < len && !s->err;) {
+      if (s->used == s->cap && sink_flush(s)) return;
+      size_t k = s->cap - s->used < len - off ? s->cap - s->used : (size_t)(len - off);
+      int rc = st->produce(st->ctx, off, s->buf + s->used, k);
+      if (rc) { s->produce_rc = rc; s->err = EIO; return; }
+      s->used += k;
+      off += k;
     }
     return;
   }
@@ -957,14 +1007,17 @@ int mopt_model_save_file(const mopt_model *m, const char *path, mopt_diag *diag)
   int fd = mkostemp(tmp, O_CLOEXEC);
   if (fd < 0) return mopt_diag_set(diag, MOPT_EIO, path, "create temp file: %s", strerror(errno));
   fchmod(fd, 0644); /* mkostemp makes 0600; outputs are ordinary readable files */
-  file_sink s = {.base = {.append = sink_append}, .fd = fd, .cap = 1 << 20};
+  file_sink s = {.base = {.append = sink_append}, .m = m, .fd = fd, .cap = 256 << 10};
   s.buf = malloc(s.cap);
   if (!s.buf) { close(fd); unlink(tmp); return MOPT_ENOMEM; }
   protobuf_c_message_pack_to_buffer(&m->pb->base, &s.base);
   sink_flush(&s);
   free(s.buf);
   int rc = 0;
-  if (s.err) rc = mopt_diag_set(diag, MOPT_EIO, path, "write: %s", strerror(s.err));
+  if (s.produce_rc)
+    rc = mopt_diag_set(diag, s.produce_rc, path, "producing a streamed tensor failed: %s",
+                       mopt_strerror(s.produce_rc));
+  else if (s.err) rc = mopt_diag_set(diag, MOPT_EIO, path, "write: %s", strerror(s.err));
   else if (fsync(fd) != 0) rc = mopt_diag_set(diag, MOPT_EIO, path, "fsync: %s", strerror(errno));
   if (close(fd) != 0 && !rc) rc = mopt_diag_set(diag, MOPT_EIO, path, "close: %s", strerror(errno));
   if (!rc && rename(tmp, path) != 0)

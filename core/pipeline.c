@@ -8,6 +8,12 @@
  * is found beforehand with two radix-histogram sweeps that replay the passes before it; that
  * replays deterministic work (time) to avoid holding every tensor in memory (space).
  *
+ * One case skips the working copy: a quantize-only spec with no report on float32 weights that
+ * lie in the mapped input (quantize_from_mapping). The parameters come from one read of the
+ * mapping and the encoder computes the values again from it while the model is saved, so the
+ * run reads the input twice and holds no per-tensor buffers; its output is byte-identical to the
+ * general path's (tested).
+ *
  * Chains preserve structure: prune → cluster keeps zeros as their own exact centroid;
  * prune → quantize keeps zeros exact (the zero point is an integer); cluster → quantize uses the
  * cluster granularity so every centroid maps to one quantized value (the distinct count cannot
@@ -565,8 +571,11 @@ static int quantize_anchor(pctx *c, wstate *s, const mopt_qlayout *l, int32_t qt
   return rc;
 }
 
-static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
-  const mopt_pass *p = &c->spec->passes[pi];
+/* Layout of a quantize pass on this weight: granularity and axis after the fallbacks (no
+ * channel axis → per tensor; clustered weights keep their centroid groups), and whether the
+ * dynamic-activation form applies. The notes say what changed. */
+static void plan_quantize(pctx *c, const wstate *s, const mopt_pass *p, char *note,
+                          mopt_qlayout *lay, int32_t *axis_out, int *dyn_out) {
   const mopt_weight *w = s->w;
   mopt_gran gran = p->granularity;
   int32_t axis = -1;
@@ -605,13 +614,23 @@ static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
     }
     if (!dyn) note_set(note, why ? why : "weight-only");
   }
+  *lay = (mopt_qlayout){(int32_t)gran, mopt_view_make(w->dims, w->ndim, axis),
+                        gran == MOPT_GRAN_BLOCK ? p->block_size : 0};
+  *axis_out = axis;
+  *dyn_out = dyn;
+}
+
+static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  mopt_qlayout l;
+  int32_t axis;
+  int dyn;
+  plan_quantize(c, s, p, note, &l, &axis, &dyn);
   drop_quant(s);
   if (s->f16) {
     drop_f16(s);
     note_set(note, "float16 form replaced by quantization of its values");
   }
-  mopt_qlayout l = {(int32_t)gran, mopt_view_make(w->dims, w->ndim, axis),
-                    gran == MOPT_GRAN_BLOCK ? p->block_size : 0};
   mopt_qconfig qc = {p->qtype, p->symmetric, p->mse_search};
   size_t ng = mopt_qlayout_groups(&l);
   s->scales = malloc(ng * sizeof *s->scales);
@@ -637,6 +656,40 @@ static int pass_quantize(pctx *c, wstate *s, size_t pi, char *note) {
   /* the quantized tensor is the final form: at most one value per centroid (<= k distinct) */
   if (s->clustered) drop_cluster(s);
   return 0;
+}
+
+/* A quantize-only run on a float32 weight that lies in the mapped input, when nothing needs the
+ * float values afterwards (no report, no anchor, weight-only): the parameters come from one
+ * read of the mapping and the encoder computes the quantized payload from the mapping too,
+ * while the model is saved when the model allows streaming. No copy of the weight is made and
+ * the output is byte-identical to the general path. 1 when done, 0 to take the general path,
+ * or an error code. */
+static int quantize_from_mapping(pctx *c, const mopt_weight *w) {
+  const mopt_pass *p = &c->spec->passes[0];
+  const void *x = mopt_weight_f32_mapped(c->m, w);
+  if (!x) return 0;
+  wstate s = {.w = w, .n = (size_t)w->nelem};
+  mopt_qlayout l;
+  int32_t axis;
+  int dyn;
+  plan_quantize(c, &s, p, NULL, &l, &axis, &dyn);
+  if (dyn) return 0;
+  size_t ng = mopt_qlayout_groups(&l);
+  float *sc = malloc(ng * sizeof *sc);
+  int32_t *zp = malloc(ng * sizeof *zp);
+  mopt_qconfig qc = {p->qtype, p->symmetric, p->mse_search};
+  int nonfinite = 0;
+  int rc = sc && zp ? mopt_quantize_params(x, &l, &qc, sc, zp, &nonfinite) : MOPT_ENOMEM;
+  if (!rc && !nonfinite) {           /* NaN/Inf: left as it is, as the general path does */
+    int all_zero = 1;
+    for (size_t g = 0; g < ng && all_zero; g++) all_zero = zp[g] == 0;
+    mopt_qtensor qt = {p->qtype, axis, l.gran == 2 ? l.block_size : 0, NULL, sc,
+                       all_zero ? NULL : zp, ng};
+    rc = mopt_weight_set_quantized_from(c->m, w, &qt, x, c->diag);
+  }
+  free(sc);
+  free(zp);
+  return rc ? rc : 1;
 }
 
 static int pass_fp16(wstate *s, char *note) {
@@ -990,9 +1043,29 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     rep.cap_tensors = nsel;
   }
 
+  const mopt_pass *p0 = &spec->passes[0];
+  int from_mapping = !c.want_report && spec->n_passes == 1 && p0->op == MOPT_PASS_QUANTIZE &&
+                     !(p0->use_anchor && c.anchor) && p0->activations != MOPT_ACT_DYNAMIC &&
+                     c.opset >= 7;
   for (size_t i = 0; i < nw; i++) {
     const mopt_weight *w = &ws[i];
     if (!selected(spec, w)) continue;
+    if (from_mapping) {
+      if ((rc = report_progress(&c, "quantize"))) goto out;
+      double t0 = now_ms();
+      rc = quantize_from_mapping(&c, w);
+      rep.p[0].time_ms += now_ms() - t0;
+      if (rc < 0) {
+        if (diag && !diag->msg[0])
+          mopt_diag_set(diag, rc, w->name, "quantize failed: %s", mopt_strerror(rc));
+        goto out;
+      }
+      if (rc == 1) {
+        rc = 0;
+        c.units_done += (double)(spec->n_passes + 1);
+        continue;
+      }
+    }
     wstate s;
     double t0 = now_ms();
     if ((rc = decode(&c, w, &s, c.want_report))) goto out;

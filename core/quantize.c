@@ -8,11 +8,22 @@
 #include "kernels.h"
 
 #include <float.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mopt.h"
+
+/* The streaming kernels are built twice, for AVX2 and for the x86-64 baseline, and the loader
+ * picks one for the CPU it runs on (GCC function multiversioning); their run loops are forced
+ * inline so each clone gets its own vector code. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) /* clang 14 emits no resolver */
+#define MOPT_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MOPT_VECTOR_CLONES
+#endif
+#define MOPT_INLINE static inline __attribute__((always_inline))
 
 const float mopt_clip_grid[MOPT_CLIP_GRID_N] = {
   1.0f, 0.975f, 0.95f, 0.925f, 0.9f, 0.875f, 0.85f, 0.825f, 0.8f, 0.775f,
@@ -109,7 +120,7 @@ static void minmax(const float *v, size_t n, float *lo, float *hi) {
   *hi = b;
 }
 
-static double group_sse(const float *v, size_t n, float s, int32_t z, int32_t qmin, int32_t qmax) {
+static double group_sse(const mopt_f32u *v, size_t n, float s, int32_t z, int32_t qmin, int32_t qmax) {
   double e = 0.0;
   for (size_t i = 0; i < n; i++) {
     double d = (double)v[i] - (double)mopt_dequant1(mopt_quant1(v[i], s, z, qmin, qmax), s, z);
@@ -119,7 +130,7 @@ static double group_sse(const float *v, size_t n, float s, int32_t z, int32_t qm
 }
 
 /* The MSE search over the clip grid for one gathered group with known range. */
-static void params_search(const float *v, size_t n, float lo, float hi, const mopt_qconfig *c,
+static void params_search(const mopt_f32u *v, size_t n, float lo, float hi, const mopt_qconfig *c,
                           float *scale, int32_t *zp) {
   int32_t qmin = 0, qmax = 0;
   mopt_qrange(c->qtype, &qmin, &qmax);
@@ -196,7 +207,7 @@ int mopt_quantize_tensor_ref(const float *x, const mopt_qlayout *l, const mopt_q
 
 /* A run of n elements sharing one (scale, zp): the same arithmetic as mopt_quant1, written as a
  * plain loop the compiler can keep in registers (NaN is mapped to 0 first, i.e. to the zero). */
-static void quant_run(const float *x, size_t n, float s, int32_t zp, int32_t qmin, int32_t qmax,
+MOPT_INLINE void quant_run(const mopt_f32u *x, size_t n, float s, int32_t zp, int32_t qmin, int32_t qmax,
                       int32_t *q, float *deq) {
   const float lo = (float)(qmin - zp), hi = (float)(qmax - zp), magic = 12582912.0f;
   for (size_t i = 0; i < n; i++) {
@@ -211,7 +222,7 @@ static void quant_run(const float *x, size_t n, float s, int32_t zp, int32_t qmi
 }
 
 /* A run of n elements whose group advances with the element: scales[i], zps[i]. */
-static void quant_run_vec(const float *x, size_t n, const float *s, const int32_t *zp, int32_t qmin,
+MOPT_INLINE void quant_run_vec(const mopt_f32u *x, size_t n, const float *s, const int32_t *zp, int32_t qmin,
                           int32_t qmax, int32_t *q, float *deq) {
   const float magic = 12582912.0f;
   for (size_t i = 0; i < n; i++) {
@@ -224,6 +235,33 @@ static void quant_run_vec(const float *x, size_t n, const float *s, const int32_
   }
   if (deq)
     for (size_t i = 0; i < n; i++) deq[i] = (float)(q[i] - zp[i]) * s[i];
+}
+
+/* quant_run / quant_run_vec storing each value as its low byte (the raw_data of 8-bit types),
+ * for the streaming encoder: no int32 round trip. */
+MOPT_INLINE void quant_run_u8(const mopt_f32u *x, size_t n, float s, int32_t zp, int32_t qmin,
+                         int32_t qmax, uint8_t *out) {
+  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp), magic = 12582912.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i] / s;
+    v = v == v ? v : 0.0f;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    out[i] = (uint8_t)((int32_t)((v + magic) - magic) + zp);
+  }
+}
+
+MOPT_INLINE void quant_run_vec_u8(const mopt_f32u *x, size_t n, const float *s, const int32_t *zp,
+                             int32_t qmin, int32_t qmax, uint8_t *out) {
+  const float magic = 12582912.0f;
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i] / s[i];
+    float lo = (float)(qmin - zp[i]), hi = (float)(qmax - zp[i]);
+    v = v == v ? v : 0.0f;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    out[i] = (uint8_t)((int32_t)((v + magic) - magic) + zp[i]);
+  }
 }
 
 void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, const float *scales,
@@ -261,28 +299,117 @@ void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, c
 #undef DQ
 }
 
-int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconfig *c,
-                         float *scales, int32_t *zps, int32_t *q, float *deq) {
+/* ---- slices: the streaming kernels read x (any alignment: mopt_f32u loads compile to unaligned
+ * vector loads) SLICE values at a time, so scratch stays small and hot. A slice is cut into
+ * runs: values that share one group, or values whose group advances with them (channels along
+ * the last axis, blocks with inner > 1). */
+enum { SLICE = 4096 };
+
+/* The streaming kernels are built twice, for AVX2 and for the x86-64 baseline, and the loader
+ * picks one for the CPU it runs on (GCC/clang function multiversioning). */
+
+/* Walks elements [e, end) of layout l in runs; for each calls one of the two run kinds with
+ * the group index g. Shared by the range pass and the streaming apply. */
+#define FOR_EACH_RUN(l, e0, end, ONE_GROUP, GROUP_PER_VALUE)                                    \
+  do {                                                                                         \
+    const uint64_t D_ = (uint64_t)(l)->v.dim, I_ = (uint64_t)(l)->v.inner;                     \
+    for (uint64_t e_ = (e0); e_ < (end);) {                                                    \
+      uint64_t i_ = e_ % I_, d_ = (e_ / I_) % D_, o_ = e_ / (I_ * D_), run, g;                 \
+      size_t at = (size_t)(e_ - (e0));                                                         \
+      int per_value;                                                                           \
+      if ((l)->gran == 0) {                                                                    \
+        run = (end) - e_; g = 0; per_value = 0;                                                \
+      } else if ((l)->gran == 1 && I_ == 1) {                                                  \
+        run = D_ - d_; g = d_; per_value = 1;                                                  \
+      } else if ((l)->gran == 1) {                                                             \
+        run = I_ - i_; g = d_; per_value = 0;                                                  \
+      } else {                                                                                 \
+        const uint64_t bs_ = (uint64_t)(l)->block_size, nb_ = (D_ + bs_ - 1) / bs_;            \
+        g = (o_ * nb_ + d_ / bs_) * I_ + i_;                                                   \
+        if (I_ == 1) {                                                                         \
+          uint64_t d1_ = (d_ / bs_ + 1) * bs_ < D_ ? (d_ / bs_ + 1) * bs_ : D_;                \
+          run = d1_ - d_; per_value = 0;                                                       \
+        } else {                                                                               \
+          run = I_ - i_; per_value = 1;                                                        \
+        }                                                                                      \
+      }                                                                                        \
+      if (run > (end) - e_) run = (end) - e_;                                                  \
+      if (per_value) { GROUP_PER_VALUE; } else { ONE_GROUP; }                                  \
+      e_ += run;                                                                               \
+    }                                                                                          \
+  } while (0)
+
+/* 1 when the float's exponent is all ones (infinity or NaN). */
+static inline uint32_t not_finite(float v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  return (u & 0x7f800000u) == 0x7f800000u;
+}
+
+/* Range of a run sharing group g, with eight independent lanes so the loop vectorizes; the
+ * lanes start at 0, which every range holds anyway. */
+MOPT_INLINE uint32_t range_one(const mopt_f32u *p, size_t n, float *lo, float *hi) {
+  float mn[8] = {0}, mx[8] = {0};
+  uint32_t bad = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) {
+      float v = p[i + (size_t)j];
+      mn[j] = v < mn[j] ? v : mn[j];
+      mx[j] = v > mx[j] ? v : mx[j];
+      bad |= not_finite(v);
+    }
+  for (; i < n; i++) {
+    float v = p[i];
+    mn[0] = v < mn[0] ? v : mn[0];
+    mx[0] = v > mx[0] ? v : mx[0];
+    bad |= not_finite(v);
+  }
+  for (int j = 0; j < 8; j++) {
+    if (mn[j] < *lo) *lo = mn[j];
+    if (mx[j] > *hi) *hi = mx[j];
+  }
+  return bad;
+}
+
+/* Ranges of a run whose group advances with the value: lo[j], hi[j] for p[j]. */
+MOPT_INLINE uint32_t range_per_value(const mopt_f32u *p, size_t n, float *lo, float *hi) {
+  uint32_t bad = 0;
+  for (size_t j = 0; j < n; j++) {
+    float v = p[j];
+    lo[j] = v < lo[j] ? v : lo[j];
+    hi[j] = v > hi[j] ? v : hi[j];
+    bad |= not_finite(v);
+  }
+  return bad;
+}
+
+/* One memory-order pass for the ranges of every group (0 is always inside a range); returns
+ * whether any value is NaN or infinite (those are left out of the ranges). */
+MOPT_VECTOR_CLONES
+static int ranges(const mopt_f32u *x, const mopt_qlayout *l, float *lo, float *hi) {
+  const uint64_t n = (uint64_t)(l->v.outer * l->v.dim * l->v.inner);
+  uint32_t bad = 0;
+  for (uint64_t e0 = 0; e0 < n;) {
+    uint64_t end = n - e0 < SLICE ? n : e0 + SLICE;
+    const mopt_f32u *p = x + e0;
+    FOR_EACH_RUN(l, e0, end, bad |= range_one(p + at, (size_t)run, &lo[g], &hi[g]),
+                 bad |= range_per_value(p + at, (size_t)run, lo + g, hi + g));
+    e0 = end;
+  }
+  return bad != 0;
+}
+
+int mopt_quantize_params(const mopt_f32u *x, const mopt_qlayout *l, const mopt_qconfig *c,
+                         float *scales, int32_t *zps, int *nonfinite) {
   if (!layout_ok(l, c)) return MOPT_EINVAL;
   const int64_t D = l->v.dim, I = l->v.inner;
   size_t ng = mopt_qlayout_groups(l);
   int64_t nb = l->gran == 2 ? (D + l->block_size - 1) / l->block_size : 1;
   float *lo = calloc(ng, sizeof *lo), *hi = calloc(ng, sizeof *hi);
   if (!lo || !hi) { free(lo); free(hi); return MOPT_ENOMEM; }
-  /* one memory-order pass for the ranges (0 is always inside the range) */
-  size_t e = 0;
-  for (int64_t o = 0; o < l->v.outer; o++)
-    for (int64_t d = 0; d < D; d++) {
-      size_t gb = l->gran == 0 ? 0 : l->gran == 1 ? (size_t)d
-                                 : (size_t)((o * nb + d / l->block_size) * I);
-      size_t gs = l->gran == 2 ? 1 : 0;
-      for (int64_t i = 0; i < I; i++, e++) {
-        size_t g = gb + gs * (size_t)i;
-        float v = x[e];
-        if (v < lo[g]) lo[g] = v;
-        if (v > hi[g]) hi[g] = v;
-      }
-    }
+  int bad = ranges(x, l, lo, hi);
+  if (nonfinite) *nonfinite = bad;
   if (!c->mse_search) {
     for (size_t g = 0; g < ng; g++) params_search(NULL, 0, lo[g], hi[g], c, &scales[g], &zps[g]);
   } else if (l->gran == 0) {
@@ -316,6 +443,47 @@ int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconf
   }
   free(lo);
   free(hi);
+  return 0;
+}
+
+int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconfig *c,
+                         float *scales, int32_t *zps, int32_t *q, float *deq) {
+  int rc = mopt_quantize_params(x, l, c, scales, zps, NULL);
+  if (rc) return rc;
   mopt_quantize_apply(x, l, c->qtype, scales, zps, q, deq);
   return 0;
+}
+
+MOPT_VECTOR_CLONES
+void mopt_quantize_apply_range(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                               const float *scales, const int32_t *zps, uint64_t e0, uint64_t e1,
+                               int32_t *q) {
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(qtype, &qmin, &qmax);
+  for (uint64_t a = e0; a < e1;) {
+    uint64_t end = e1 - a < SLICE ? e1 : a + SLICE;
+    const mopt_f32u *p = x + a;
+    int32_t *qa = q + (a - e0);
+    FOR_EACH_RUN(l, a, end,
+                 quant_run(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, qa + at, NULL),
+                 quant_run_vec(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, qa + at, NULL));
+    a = end;
+  }
+}
+
+MOPT_VECTOR_CLONES
+void mopt_quantize_apply_range_u8(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                                  const float *scales, const int32_t *zps, uint64_t e0,
+                                  uint64_t e1, uint8_t *out) {
+  int32_t qmin = 0, qmax = 0;
+  mopt_qrange(qtype, &qmin, &qmax);
+  for (uint64_t a = e0; a < e1;) {
+    uint64_t end = e1 - a < SLICE ? e1 : a + SLICE;
+    const mopt_f32u *p = x + a;
+    uint8_t *oa = out + (a - e0);
+    FOR_EACH_RUN(l, a, end,
+                 quant_run_u8(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, oa + at),
+                 quant_run_vec_u8(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, oa + at));
+    a = end;
+  }
 }

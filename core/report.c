@@ -168,6 +168,7 @@ static void zc_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
 }
 
 int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes) {
+  if (!m || m->nstreamed) return MOPT_EINVAL;
   zcount *z = calloc(1, sizeof *z);
   if (!z) return MOPT_ENOMEM;
   z->base.append = zc_append;

@@ -605,9 +605,26 @@ int mopt_model_weights(mopt_model *m, mopt_weight **list, size_t *n) {
   return 0;
 }
 
+const void *mopt_weight_f32_mapped(const mopt_model *m, const mopt_weight *w) {
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+  (void)m; (void)w;
+  return NULL;
+#else
+  if (!m || !w || w->index >= m->nw || &m->w[w->index] != w) return NULL;
+  const Onnx__TensorProto *t = m->wr[w->index].tensor;
+  if (!t || !t->has_data_type || t->data_type != MOPT_DT_FLOAT || !t->has_raw_data) return NULL;
+  if (t->raw_data.len != w->nelem * 4 || !w->nelem) return NULL;
+  if (!m->borrow || !mopt_int_borrowed(m, t->raw_data.data)) return NULL;
+  return t->raw_data.data;
+#endif
+}
+
 int mopt_weight_read_f32(const mopt_model *m, const mopt_weight *w, float **out, mopt_diag *diag) {
   if (!m || !w || !out || w->index >= m->nw || &m->w[w->index] != w)
     return mopt_diag_set(diag, MOPT_EINVAL, w ? w->name : "", "weight does not belong to model");
+  if (!m->wr[w->index].tensor && m->nstreamed)
+    return mopt_diag_set(diag, MOPT_EINVAL, w->name,
+                         "model holds streamed tensors: encoded weights cannot be read back");
   *out = NULL;
   float *buf = malloc(w->nelem ? w->nelem * sizeof(float) : 1);
   if (!buf) return MOPT_ENOMEM;

@@ -507,7 +507,7 @@ def run(tap, work):
         c = CASES[cid]
         inp = os.path.join(mdir, c["model"] + ".onnx")
         out = os.path.join(odir, cid + suffix + ".onnx")
-        rep = os.path.join(odir, cid + suffix + ".report.json")
+        rep = None if suffix == ".noreport" else os.path.join(odir, cid + suffix + ".report.json")
         spec = {"passes": c["passes"]}
         if c["extra"].get("select"):
             spec["select"] = c["extra"]["select"]
@@ -516,7 +516,13 @@ def run(tap, work):
         rc, so, se = E.mopt(inp, out, spec, rep)
         return cid + suffix, (rc, so, se, inp, out, rep)
 
-    jobs = [(cid, "") for cid in CASES] + [(cid, ".again") for cid in DETERMINISM]
+    # Without --report, a quantize-only spec takes the streaming path (parameters from the mapped
+    # input, values computed while the output is written); it must give the same bytes.
+    streamed = [cid for cid, c in CASES.items()
+                if len(c["passes"]) == 1 and c["passes"][0]["op"] == "quantize"
+                and c["passes"][0].get("activations") != "dynamic" and not c["extra"].get("select")]
+    jobs = ([(cid, "") for cid in CASES] + [(cid, ".again") for cid in DETERMINISM] +
+            [(cid, ".noreport") for cid in streamed])
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
         results = dict(ex.map(lambda j: one(*j), jobs))
     # zero-pass round trip (and a round trip of the round trip)
@@ -784,6 +790,12 @@ def run(tap, work):
         a, b = results[cid], results[cid + ".again"]
         same = a[0] == 0 and b[0] == 0 and open(a[4], "rb").read() == open(b[4], "rb").read()
         tap.ok(same, "determinism: %s twice gives byte-identical output" % cid)
+    tap.ok(len(streamed) >= 20, "%d quantize-only cases also run without a report" % len(streamed))
+    for cid in streamed:
+        a, b = results[cid], results[cid + ".noreport"]
+        same = a[0] == 0 and b[0] == 0 and open(a[4], "rb").read() == open(b[4], "rb").read()
+        tap.ok(same, "streamed quantize: %s without a report gives the report run's bytes" % cid,
+               "rc=%d/%d %s" % (a[0], b[0], b[2][-500:]))
     # ---- round trip ----
     for name, (r1, r2, rt1, rt2) in rts.items():
         if not tap.ok(r1[0] == 0, "zero-pass round trip of %s exits 0" % name, r1[2][-800:]):

@@ -19,6 +19,7 @@ $CC -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -Icore -I"$build/gen" \
   tests/fuzz/fuzz_load.c core/onnx_io.c core/weights.c core/encode.c core/dtype.c \
+  core/quantize.c core/kernels.c \
   core/sha256.c core/error.c "$build/gen/onnx.pb-c.c" \
   -o "$out/fuzz_load" $(pkg-config --libs libprotobuf-c libsodium) -lm
 if [ -z "$(ls -A "$out/corpus" 2>/dev/null)" ]; then

@@ -1,5 +1,6 @@
 /* tests/unit/core/quantize.c — linear quantization kernels: fast vs reference (bit-exact),
  * SNR vs float32 with named bounds per bit width, exact zeros, MSE clip search, idempotence. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -166,6 +167,95 @@ static void quant1_rounds_half_even_and_clamps(void **st) {
   assert_int_equal(mopt_qrange(MOPT_DT_FLOAT, &lo, &hi), MOPT_EINVAL);
 }
 
+/* The streaming kernels (parameters from one read, values a slice at a time, from a payload
+ * at any alignment) against the whole-tensor kernel: same scales, zero points and values for
+ * every layout, with slices that cut rows, blocks and the internal 4096-value slices. */
+static void streaming_kernels_match_whole_tensor(void **st) {
+  (void)st;
+  struct { int64_t dims[3]; int nd, axis; } shapes[] = {
+    {{5, 70, 3}, 3, 1},        /* channels in the middle: inner 3 */
+    {{9, 4100, 1}, 2, 1},      /* channel last, rows longer than one internal slice */
+    {{4100, 7, 1}, 2, 0},      /* channel first: one long run per channel */
+    {{3, 100, 1}, 2, 1},       /* 100 is not a multiple of the block size */
+  };
+  int checked = 0;
+  for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+    size_t n = 1;
+    for (int i = 0; i < shapes[sh].nd; i++) n *= (size_t)shapes[sh].dims[i];
+    float *x = malloc(n * sizeof *x);
+    kt_gauss(x, n, 100 + sh, 0.5);
+    x[n / 3] = 0.0f;
+    char *raw = malloc(n * sizeof *x + 8);
+    for (int t = 0; t < 4; t++)
+      for (int gran = 0; gran < 3; gran++)
+        for (int sym = 0; sym < 2; sym++)
+          for (int mis = 0; mis < 4; mis += 3) {   /* aligned, and 3 bytes off */
+            const mopt_f32u *ux = (const mopt_f32u *)(raw + mis);
+            memcpy(raw + mis, x, n * sizeof *x);
+            int64_t bs = gran == 2 ? (t < 2 ? 32 : 16) : 0;
+            mopt_qlayout l = {gran, mopt_view_make(shapes[sh].dims, shapes[sh].nd,
+                                                   gran == 0 ? -1 : shapes[sh].axis), bs};
+            mopt_qconfig c = {qtypes[t], sym, 0};
+            size_t ng = mopt_qlayout_groups(&l);
+            float *s1 = malloc(ng * sizeof *s1), *s2 = malloc(ng * sizeof *s2);
+            int32_t *z1 = malloc(ng * sizeof *z1), *z2 = malloc(ng * sizeof *z2);
+            int32_t *q1 = malloc(n * sizeof *q1), *q2 = malloc(n * sizeof *q2);
+            uint8_t *b = malloc(n);
+            assert_int_equal(mopt_quantize_tensor(x, &l, &c, s1, z1, q1, NULL), 0);
+            int nonfinite = -1;
+            assert_int_equal(mopt_quantize_params(ux, &l, &c, s2, z2, &nonfinite), 0);
+            assert_int_equal(nonfinite, 0);
+            assert_memory_equal(s1, s2, ng * sizeof *s1);
+            assert_memory_equal(z1, z2, ng * sizeof *z1);
+            /* uneven slices: 1, 2, 3, ... 4500 values */
+            uint64_t e = 0, step = 1;
+            while (e < n) {
+              uint64_t end = e + step < n ? e + step : n;
+              mopt_quantize_apply_range(ux, &l, c.qtype, s2, z2, e, end, q2 + e);
+              mopt_quantize_apply_range_u8(ux, &l, c.qtype, s2, z2, e, end, b + e);
+              e = end;
+              step = step * 3 + 1 > 4500 ? 7 : step * 3 + 1;
+            }
+            assert_memory_equal(q1, q2, n * sizeof *q1);
+            for (size_t i = 0; i < n; i++) assert_int_equal(b[i], (uint8_t)q1[i]);
+            free(s1); free(s2); free(z1); free(z2); free(q1); free(q2); free(b);
+            checked++;
+          }
+    free(raw);
+    free(x);
+  }
+  assert_int_equal(checked, 4 * 4 * 3 * 2 * 2);
+}
+
+/* The parameter pass says when a tensor holds NaN or an infinity, wherever it sits. */
+static void params_report_nonfinite_values(void **st) {
+  (void)st;
+  int64_t dims[2] = {33, 257};
+  size_t n = 33 * 257;
+  float *x = malloc(n * sizeof *x);
+  float s[257 * 33];
+  int32_t z[257 * 33];
+  const float bad[3] = {NAN, INFINITY, -INFINITY};
+  const size_t at[4] = {0, 8, n / 2, n - 1};
+  for (int gran = 0; gran < 3; gran++) {
+    mopt_qlayout l = {gran, mopt_view_make(dims, 2, gran == 0 ? -1 : 1), 16};
+    mopt_qconfig c = {MOPT_DT_INT8, 1, 0};
+    kt_gauss(x, n, 5, 1.0);
+    int nf = -1;
+    assert_int_equal(mopt_quantize_params(x, &l, &c, s, z, &nf), 0);
+    assert_int_equal(nf, 0);
+    for (int b = 0; b < 3; b++)
+      for (int a = 0; a < 4; a++) {
+        kt_gauss(x, n, 5, 1.0);
+        x[at[a]] = bad[b];
+        nf = -1;
+        assert_int_equal(mopt_quantize_params(x, &l, &c, s, z, &nf), 0);
+        assert_int_equal(nf, 1);
+      }
+  }
+  free(x);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(fast_matches_reference),
@@ -174,6 +264,8 @@ int main(void) {
     cmocka_unit_test(mse_search_never_worse),
     cmocka_unit_test(apply_is_idempotent),
     cmocka_unit_test(quant1_rounds_half_even_and_clamps),
+    cmocka_unit_test(streaming_kernels_match_whole_tensor),
+    cmocka_unit_test(params_report_nonfinite_values),
   };
   return cmocka_run_group_tests_name("core/quantize", tests, NULL, NULL);
 }
