@@ -205,63 +205,48 @@ int mopt_quantize_tensor_ref(const float *x, const mopt_qlayout *l, const mopt_q
   return 0;
 }
 
-/* A run of n elements sharing one (scale, zp): the same arithmetic as mopt_quant1, written as a
- * plain loop the compiler can keep in registers (NaN is mapped to 0 first, i.e. to the zero). */
-MOPT_INLINE void quant_run(const mopt_f32u *x, size_t n, float s, int32_t zp, int32_t qmin, int32_t qmax,
-                      int32_t *q, float *deq) {
-  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp), magic = 12582912.0f;
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i] / s;
-    v = v == v ? v : 0.0f;
-    v = v < lo ? lo : v;
-    v = v > hi ? hi : v;
-    q[i] = (int32_t)((v + magic) - magic) + zp;
-  }
+/* The arithmetic of mopt_quant1 with the clamp bounds lo = qmin - zp, hi = qmax - zp already
+ * made floats, written so the run loops below vectorize (NaN is mapped to 0, i.e. to the zero
+ * point, before clamping). */
+MOPT_INLINE int32_t quant_value(float x, float s, int32_t zp, float lo, float hi) {
+  const float magic = 12582912.0f;
+  float v = x / s;
+  v = v == v ? v : 0.0f;
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  return (int32_t)((v + magic) - magic) + zp;
+}
+
+/* A run of n elements sharing one (scale, zp). */
+MOPT_INLINE void quant_run(const mopt_f32u *x, size_t n, float s, int32_t zp, int32_t qmin,
+                           int32_t qmax, int32_t *q, float *deq) {
+  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
+  for (size_t i = 0; i < n; i++) q[i] = quant_value(x[i], s, zp, lo, hi);
   if (deq)
     for (size_t i = 0; i < n; i++) deq[i] = (float)(q[i] - zp) * s;
 }
 
 /* A run of n elements whose group advances with the element: scales[i], zps[i]. */
-MOPT_INLINE void quant_run_vec(const mopt_f32u *x, size_t n, const float *s, const int32_t *zp, int32_t qmin,
-                          int32_t qmax, int32_t *q, float *deq) {
-  const float magic = 12582912.0f;
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i] / s[i];
-    float lo = (float)(qmin - zp[i]), hi = (float)(qmax - zp[i]);
-    v = v == v ? v : 0.0f;
-    v = v < lo ? lo : v;
-    v = v > hi ? hi : v;
-    q[i] = (int32_t)((v + magic) - magic) + zp[i];
-  }
+MOPT_INLINE void quant_run_vec(const mopt_f32u *x, size_t n, const float *s, const int32_t *zp,
+                               int32_t qmin, int32_t qmax, int32_t *q, float *deq) {
+  for (size_t i = 0; i < n; i++)
+    q[i] = quant_value(x[i], s[i], zp[i], (float)(qmin - zp[i]), (float)(qmax - zp[i]));
   if (deq)
     for (size_t i = 0; i < n; i++) deq[i] = (float)(q[i] - zp[i]) * s[i];
 }
 
-/* quant_run / quant_run_vec storing each value as its low byte (the raw_data of 8-bit types),
- * for the streaming encoder: no int32 round trip. */
+/* The same two storing each value's low byte (the raw_data of 8-bit types), for the streaming
+ * encoder: no int32 round trip. */
 MOPT_INLINE void quant_run_u8(const mopt_f32u *x, size_t n, float s, int32_t zp, int32_t qmin,
-                         int32_t qmax, uint8_t *out) {
-  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp), magic = 12582912.0f;
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i] / s;
-    v = v == v ? v : 0.0f;
-    v = v < lo ? lo : v;
-    v = v > hi ? hi : v;
-    out[i] = (uint8_t)((int32_t)((v + magic) - magic) + zp);
-  }
+                              int32_t qmax, uint8_t *out) {
+  const float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
+  for (size_t i = 0; i < n; i++) out[i] = (uint8_t)quant_value(x[i], s, zp, lo, hi);
 }
 
-MOPT_INLINE void quant_run_vec_u8(const mopt_f32u *x, size_t n, const float *s, const int32_t *zp,
-                             int32_t qmin, int32_t qmax, uint8_t *out) {
-  const float magic = 12582912.0f;
-  for (size_t i = 0; i < n; i++) {
-    float v = x[i] / s[i];
-    float lo = (float)(qmin - zp[i]), hi = (float)(qmax - zp[i]);
-    v = v == v ? v : 0.0f;
-    v = v < lo ? lo : v;
-    v = v > hi ? hi : v;
-    out[i] = (uint8_t)((int32_t)((v + magic) - magic) + zp[i]);
-  }
+MOPT_INLINE void quant_run_vec_u8(const mopt_f32u *x, size_t n, const float *s,
+                                  const int32_t *zp, int32_t qmin, int32_t qmax, uint8_t *out) {
+  for (size_t i = 0; i < n; i++)
+    out[i] = (uint8_t)quant_value(x[i], s[i], zp[i], (float)(qmin - zp[i]), (float)(qmax - zp[i]));
 }
 
 void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, const float *scales,

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ktest.h"
 #include "mopt.h"
 #include "onnx.pb-c.h"
 #include "payload.h"
@@ -36,16 +37,7 @@ static void write_file(const char *name, const uint8_t *b, size_t n) {
 static uint8_t *read_all(const char *name, size_t *n) {
   char p[512];
   path_of(p, name);
-  FILE *f = fopen(p, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long l = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)l + 1);
-  assert_int_equal(fread(b, 1, (size_t)l, f), (size_t)l);
-  fclose(f);
-  *n = (size_t)l;
-  return b;
+  return kt_read_file(p, n);
 }
 static int exists(const char *name) {
   char p[512];

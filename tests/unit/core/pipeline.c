@@ -502,19 +502,6 @@ static void nonfinite_weight_is_left_alone(void **st) {
   mopt_spec_free(&s);
 }
 
-static uint8_t *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)n + 1);
-  assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return b;
-}
-
 /* A quantize-only run without a report on a mapped model takes the streaming path: the saved
  * bytes equal the general path's, with and without streaming allowed and with a NaN weight
  * (left alone); a model holding streamed tensors refuses in-memory saves, measuring and
@@ -570,7 +557,8 @@ static void streamed_quantize_saves_the_same_bytes(void **st) {
       assert_int_equal(mopt_model_save_file(streamed, out2, NULL), 0);
       const char *outs[2] = {out1, out2};
       for (int k = 0; k < 2; k++) {
-        got = slurp(outs[k], &lg);
+        got = kt_read_file(outs[k], &lg);
+        assert_non_null(got);
         assert_int_equal(lg, lw);
         assert_memory_equal(got, want, lw);
         free(got);
