@@ -197,10 +197,10 @@ static int qsource_produce(void *p, uint64_t off, uint8_t *dst, size_t nbytes) {
     mopt_quantize_apply_range_u8(c->x, &c->l, c->qtype, c->scales, c->zps, e0, end, dst);
     return 0;
   }
-  for (uint64_t e = e0; e < end;) {
+  for (uint64_t e = e0; e < end;) {            /* 4-bit: quantize, then pack two per byte */
     uint64_t k = end - e < CHUNK ? end - e : CHUNK;
     mopt_quantize_apply_range(c->x, &c->l, c->qtype, c->scales, c->zps, e, e + k, q);
-    pack_ints_into(q, k, c->store_t, dst + (four ? (e - e0) / 2 : e - e0));
+    pack_ints_into(q, k, c->store_t, dst + (e - e0) / 2);
     e += k;
   }
   return 0;
@@ -586,7 +586,11 @@ static int set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor
       if (qs->scales) memcpy(qs->scales, qt->scales, qt->n_scales * sizeof *qs->scales);
       if (qs->zps && qt->zero_points) memcpy(qs->zps, qt->zero_points, qt->n_scales * sizeof *qs->zps);
     }
-    if (!qs || !qs->scales || !qs->zps) { qsource_free(qs); e.oom = 1; }
+    if (!qs || !qs->scales || !qs->zps) {
+      qsource_free(qs);
+      qs = NULL;
+      e.oom = 1;                               /* emit_commit frees what was emitted */
+    }
   }
   if ((rc = emit_commit(m, w, &e, MOPT_WENC_QUANT))) { qsource_free(qs); return rc; }
   if (!src) return 0;
