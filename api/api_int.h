@@ -29,6 +29,7 @@ int api_h_jobs_cancel(api_ctx *ctx, const api_request *req, api_response *resp);
 
 int api_h_releases_put(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_releases_get(api_ctx *ctx, const api_request *req, api_response *resp);
+int api_h_releases_list(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_ota_manifest(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_ota_public_key(api_ctx *ctx, const api_request *req, api_response *resp);
 int api_h_payloads_get(api_ctx *ctx, const api_request *req, api_response *resp);

@@ -337,6 +337,38 @@ int api_h_releases_get(api_ctx *ctx, const api_request *req, api_response *resp)
   return answer_release(ctx, resp, 200, name, channel);
 }
 
+int api_h_releases_list(api_ctx *ctx, const api_request *req, api_response *resp) {
+  uint32_t limit;
+  const char *cursor;
+  int rc = api_list_params(req, resp, &limit, &cursor);
+  if (rc) return rc;
+  store_release *items = calloc(limit, sizeof *items);
+  if (!items) { api_error(resp, MOPT_ENOMEM, NULL, NULL, NULL); return MOPT_ENOMEM; }
+  uint32_t n = 0;
+  char next[64] = "";
+  rc = store_release_list(store_conn_get(ctx->st), cursor, limit, items, &n, next);
+  if (rc) {
+    free(items);
+    if (rc == MOPT_EINVAL) {
+      api_error(resp, MOPT_EBADREQ, "cursor is not one this server returned", "cursor", NULL);
+      return MOPT_EBADREQ;
+    }
+    api_error(resp, rc, NULL, "store", NULL);
+    return rc;
+  }
+  json_t *arr = json_array();
+  for (uint32_t i = 0; i < n; i++) {
+    json_t *cur = release_json(&items[i]);
+    json_array_append_new(arr, json_pack("{s:s,s:s,s:o}", "name", items[i].name, "channel",
+                                         items[i].channel, "current", cur));
+  }
+  free(items);
+  json_t *o = json_pack("{s:o,s:o}", "items", arr, "next_cursor",
+                        next[0] ? json_string(next) : json_null());
+  api_response_header(resp, "Cache-Control", "no-store");
+  return answer_json(resp, 200, o);
+}
+
 /* ------------------------------------------------------------------ manifest ---- */
 
 static json_t *payload_entry(const store_payload *p) {

@@ -19,7 +19,7 @@ enum {
   R_HEALTHZ, R_READYZ, R_METRICS,
   R_MODELS_UPLOAD, R_MODELS_LIST, R_MODELS_GET, R_MODELS_DELETE, R_MODELS_CONTENT,
   R_JOBS_CREATE, R_JOBS_LIST, R_JOBS_GET, R_JOBS_CANCEL,
-  R_RELEASES_PUT, R_RELEASES_GET, R_OTA_MANIFEST, R_OTA_PUBLIC_KEY, R_PAYLOADS_GET,
+  R_RELEASES_LIST, R_RELEASES_PUT, R_RELEASES_GET, R_OTA_MANIFEST, R_OTA_PUBLIC_KEY, R_PAYLOADS_GET,
   R_COUNT_
 };
 
@@ -45,6 +45,8 @@ const api_route api_routes[] = {
                   "jobs_get"},
   [R_JOBS_CANCEL] = {API_POST, "/v1/jobs/{id}/cancel", api_h_jobs_cancel, API_SCOPE_WRITE,
                      API_BODY_NONE, 0, "jobs_cancel"},
+  [R_RELEASES_LIST] = {API_GET, "/v1/releases", api_h_releases_list, API_SCOPE_READ,
+                       API_BODY_NONE, 0, "releases_list"},
   [R_RELEASES_PUT] = {API_PUT, "/v1/releases/{name}/{channel}", api_h_releases_put,
                       API_SCOPE_WRITE, API_BODY_JSON, 0, "releases_put"},
   [R_RELEASES_GET] = {API_GET, "/v1/releases/{name}/{channel}", api_h_releases_get,

@@ -136,16 +136,49 @@ int store_release_current(store_conn *c, const char *name, const char *channel,
   return n ? 0 : MOPT_ENOTFOUND;
 }
 
-int store_release_list(store_conn *c, uint32_t limit, store_release *out, uint32_t *n) {
+int store_release_list(store_conn *c, const char *cursor, uint32_t limit, store_release *out,
+                       uint32_t *n, char next_cursor[64]) {
   *n = 0;
+  next_cursor[0] = 0;
+  /* the cursor names the last row returned (its created, seq); the page goes on after that
+   * row's (name, channel), which stays valid whatever is published meanwhile */
+  char after_name[128] = "", after_channel[64] = "";
   int rc = 0;
+  if (cursor && cursor[0]) {
+    int64_t created, seq;
+    if (store_cursor_parse(cursor, &created, &seq) != 0) return MOPT_EINVAL;
+    sqlite3_stmt *st = store_stmt(c, ST_REL_BY_SEQ, &rc);
+    if (!st) return rc;
+    sqlite3_bind_int64(st, 1, seq);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+      store_col_text(st, 0, after_name, sizeof after_name);
+      store_col_text(st, 1, after_channel, sizeof after_channel);
+    }
+    store_stmt_done(st);
+    if (r == SQLITE_DONE) return MOPT_EINVAL;
+    if (r != SQLITE_ROW) return store_sqlite_err(r);
+  }
+  if (limit == 0) return 0;
   sqlite3_stmt *st = store_stmt(c, ST_REL_LIST, &rc);
   if (!st) return rc;
-  sqlite3_bind_int64(st, 1, limit);
+  sqlite3_bind_text(st, 1, after_name, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(st, 2, after_channel, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1);   /* one more: is there a next page? */
   int r;
-  while ((r = sqlite3_step(st)) == SQLITE_ROW && *n < limit) release_from_row(st, &out[(*n)++]);
+  int64_t last_seq = 0;
+  while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    if (*n == limit) {
+      store_cursor_format(out[*n - 1].created, last_seq, next_cursor);
+      r = SQLITE_DONE;
+      break;
+    }
+    release_from_row(st, &out[*n]);
+    last_seq = sqlite3_column_int64(st, 5);
+    (*n)++;
+  }
   store_stmt_done(st);
-  return r == SQLITE_DONE || r == SQLITE_ROW ? 0 : store_sqlite_err(r);
+  return r == SQLITE_DONE ? 0 : store_sqlite_err(r);
 }
 
 /* --------------------------------------------------------------- payloads ---- */

@@ -184,8 +184,11 @@ int store_release_history(store_conn *c, const char *name, const char *channel, 
 int store_release_current(store_conn *c, const char *name, const char *channel,
                           store_release *out);
 /* The current release of every (name, channel), ordered by name then channel, at most limit
- * into out; *n rows. */
-int store_release_list(store_conn *c, uint32_t limit, store_release *out, uint32_t *n);
+ * into out; *n rows. Keyset pagination like store_model_list: cursor "" or NULL starts at the
+ * beginning, next_cursor is "" on the last page; MOPT_EINVAL for a cursor this store did not
+ * return. */
+int store_release_list(store_conn *c, const char *cursor, uint32_t limit, store_release *out,
+                       uint32_t *n, char next_cursor[64]);
 
 /* ---------------------------------------------------------------- payloads ---- */
 /* OTA payloads (core/payload.h) computed from models: kind "full" (base "") or "delta"

@@ -120,8 +120,10 @@
     "SELECT " STORE_REL_COLS " FROM releases WHERE name=?1 AND channel=?2 " \
     "ORDER BY version DESC LIMIT ?3") \
   X(ST_REL_LIST, \
-    "SELECT " STORE_REL_COLS " FROM releases r WHERE version=(SELECT MAX(version) FROM " \
-    "releases WHERE name=r.name AND channel=r.channel) ORDER BY name, channel LIMIT ?1") \
+    "SELECT " STORE_REL_COLS ", seq FROM releases r WHERE version=(SELECT MAX(version) FROM " \
+    "releases WHERE name=r.name AND channel=r.channel) AND (name > ?1 OR (name = ?1 AND " \
+    "channel > ?2)) ORDER BY name, channel LIMIT ?3") \
+  X(ST_REL_BY_SEQ, "SELECT name, channel FROM releases WHERE seq=?1") \
   X(ST_PAY_INSERT, \
     "INSERT OR IGNORE INTO payloads(kind, base, target, state, created) " \
     "VALUES(?1,?2,?3,'pending',?4)") \

@@ -140,6 +140,35 @@ def verify(manifest_bytes, key_bytes):
 
 
 @test
+def test_release_list_pages_by_name_then_channel():
+    expect(publish(D, "asr", "stable", M["A"]), 200)
+    full = expect(D.get("/v1/releases?limit=100", token=READER), 200)
+    eq(full.headers.get("Cache-Control"), "no-store", "list is not cached")
+    items = full.json["items"]
+    eq([(i["name"], i["channel"]) for i in items], [("asr", "stable"), ("kws", "beta"), ("kws", "stable")],
+       "every channel once, by name then channel")
+    eq(items[2]["current"]["version"], 5, "kws/stable current version")
+    eq(items[2]["current"]["model"], M["C"], "kws/stable current model")
+    eq(full.json["next_cursor"], None, "one page")
+    p1 = expect(D.get("/v1/releases?limit=2", token=READER), 200).json
+    eq([(i["name"], i["channel"]) for i in p1["items"]], [("asr", "stable"), ("kws", "beta")], "page 1")
+    check(isinstance(p1["next_cursor"], str) and p1["next_cursor"], "page 1 has a cursor")
+    # a channel published between the pages keeps its place
+    expect(publish(D, "kws", "beta", M["C"]), 200)
+    p2 = expect(D.get("/v1/releases?limit=2&cursor=" + p1["next_cursor"], token=READER), 200).json
+    eq([(i["name"], i["channel"]) for i in p2["items"]], [("kws", "stable")], "page 2")
+    eq(p2["next_cursor"], None, "last page")
+    again = expect(D.get("/v1/releases?limit=100", token=READER), 200).json["items"]
+    eq(again[1]["current"], {"version": 2, "model": M["C"], "created": again[1]["current"]["created"]},
+       "kws/beta moved to version 2")
+    expect_error(D.get("/v1/releases?cursor=" + "0" * 29 + "fff", token=READER), 400, where="cursor")
+    expect_error(D.get("/v1/releases?cursor=zz", token=READER), 400, where="cursor")
+    expect_error(D.get("/v1/releases?limit=0", token=READER), 400, where="limit")
+    expect_error(D.get("/v1/releases", token=DEV), 403, "forbidden")
+    expect_error(D.get("/v1/releases", token=None), 401)
+
+
+@test
 def test_manifest_known_have_delta_first_and_signature():
     r = expect(manifest(D, "kws", "stable", have=M["B"]), 200)
     eq(r.header("Cache-Control"), "no-store", "manifest not cacheable")

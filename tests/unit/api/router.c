@@ -29,7 +29,7 @@ static void find(found *f, api_method m, const char *path) {
 
 static void test_table_invariants(void **state) {
   (void)state;
-  assert_int_equal(api_routes_count, 17);   /* 12 daemon routes + 5 OTA routes */
+  assert_int_equal(api_routes_count, 18);   /* 12 daemon routes + 6 OTA routes */
   assert_null(api_routes[api_routes_count].pattern);
   for (size_t i = 0; i < api_routes_count; i++) {
     const api_route *r = &api_routes[i];

@@ -108,11 +108,28 @@ static void test_release_versions(void **state) {
   assert_int_equal(n, 2);
   assert_int_equal(store_release_current(f->c, "kws", "stable", &r), 0);
   assert_string_equal(r.model, a);
-  assert_int_equal(store_release_list(f->c, 8, h, &n), 0);
+  char next[64];
+  assert_int_equal(store_release_list(f->c, NULL, 8, h, &n, next), 0);
   assert_int_equal(n, 2);
   assert_string_equal(h[0].channel, "beta");
   assert_string_equal(h[1].channel, "stable");
   assert_int_equal(h[1].version, 3);
+  assert_string_equal(next, "");
+  /* one per page: the cursor goes on after the last (name, channel), even when that channel
+   * is published again between the pages */
+  assert_int_equal(store_release_list(f->c, "", 1, h, &n, next), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(h[0].channel, "beta");
+  assert_int_not_equal(next[0], 0);
+  assert_int_equal(store_release_publish(f->c, "kws", "beta", a, &r), 0);
+  char again[64];
+  assert_int_equal(store_release_list(f->c, next, 1, h, &n, again), 0);
+  assert_int_equal(n, 1);
+  assert_string_equal(h[0].channel, "stable");
+  assert_string_equal(again, "");
+  assert_int_equal(store_release_list(f->c, "00000000000000000000000000000fff", 1, h, &n, next),
+                   MOPT_EINVAL);
+  assert_int_equal(store_release_list(f->c, "not a cursor", 1, h, &n, next), MOPT_EINVAL);
   /* released models are pinned */
   assert_int_equal(store_model_delete(f->c, b), MOPT_ECONFLICT);
   char d3[72];
