@@ -69,6 +69,11 @@ int api_etag_match(const char *if_none_match, const char *etag);
 char *api_model_json(const store_model *m);
 char *api_job_json(const store_job *j);
 
+/* Answers a failed store lookup of a `kind` ("model", "job") by id: 404 "no <kind> <id>" at
+ * `where` for MOPT_ENOTFOUND, the plain error otherwise. Returns rc (never 0). */
+int api_lookup_failed(api_response *resp, int rc, const char *kind, const char *id,
+                      const char *where);
+
 /* Parses ?limit= (default 100, 1..1000) and ?cursor= (at most 63 chars). On error fills resp
  * and returns the error. */
 int api_list_params(const api_request *req, api_response *resp, uint32_t *limit,

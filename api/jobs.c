@@ -236,14 +236,7 @@ static int load_job(api_ctx *ctx, const api_request *req, api_response *resp, st
     return MOPT_EBADREQ;
   }
   int rc = store_job_get(store_conn_get(ctx->st), id, j);
-  if (rc == MOPT_ENOTFOUND) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "no job %s", id);
-    api_error(resp, rc, msg, "id", NULL);
-    return rc;
-  }
-  if (rc) { api_error(resp, rc, NULL, NULL, NULL); return rc; }
-  return 0;
+  return rc ? api_lookup_failed(resp, rc, "job", id, "id") : 0;
 }
 
 int api_h_jobs_get(api_ctx *ctx, const api_request *req, api_response *resp) {

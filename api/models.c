@@ -362,14 +362,7 @@ static int load_model(api_ctx *ctx, const api_request *req, api_response *resp, 
     return MOPT_EBADREQ;
   }
   int rc = store_model_get(store_conn_get(ctx->st), id, m);
-  if (rc == MOPT_ENOTFOUND) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "no model %s", id);
-    api_error(resp, rc, msg, "id", NULL);
-    return rc;
-  }
-  if (rc) { api_error(resp, rc, NULL, NULL, NULL); return rc; }
-  return 0;
+  return rc ? api_lookup_failed(resp, rc, "model", id, "id") : 0;
 }
 
 int api_h_models_get(api_ctx *ctx, const api_request *req, api_response *resp) {

@@ -318,12 +318,7 @@ int api_h_releases_put(api_ctx *ctx, const api_request *req, api_response *resp)
   store_conn *c = store_conn_get(ctx->st);
   store_release r;
   rc = store_release_publish(c, name, channel, mid, &r);
-  if (rc == MOPT_ENOTFOUND) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "no model %s", mid);
-    api_error(resp, rc, msg, "/model", NULL);
-    return rc;
-  }
+  if (rc == MOPT_ENOTFOUND) return api_lookup_failed(resp, rc, "model", mid, "/model");
   if (rc) { api_error(resp, rc, "cannot publish the release", "store", NULL); return rc; }
   queue_release_payloads(c, &r);
   if (ctx->hooks.jobs_submitted) ctx->hooks.jobs_submitted(ctx->hooks.hctx);

@@ -126,6 +126,18 @@ int api_name_valid(const char *s, size_t maxlen) {
   return 1;
 }
 
+int api_lookup_failed(api_response *resp, int rc, const char *kind, const char *id,
+                      const char *where) {
+  if (rc == MOPT_ENOTFOUND) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "no %s %.100s", kind, id);
+    api_error(resp, rc, msg, where, NULL);
+  } else {
+    api_error(resp, rc, NULL, NULL, NULL);
+  }
+  return rc;
+}
+
 int api_list_params(const api_request *req, api_response *resp, uint32_t *limit,
                     const char **cursor) {
   const char *l = api_query(req, "limit");
