@@ -25,34 +25,10 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "fixture.h"
 
-typedef struct fixture {
-  char dir[64];
-  store *s;
-} fixture;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb; (void)flag; (void)ftw;
-  return remove(p);
-}
-
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  snprintf(f->dir, sizeof f->dir, "/tmp/moptd-blobtest.XXXXXX");
-  if (!mkdtemp(f->dir)) return -1;
-  mopt_diag d = {{0}, {0}};
-  if (store_open(f->dir, &f->s, NULL, &d) != 0) return -1;
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  store_close(f->s);
-  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-  free(f);
-  return 0;
-}
+static int setup(void **state) { return fixture_setup(state, "blobtest"); }
+static int teardown(void **state) { return fixture_teardown(state); }
 
 /* Number of regular files under dir (recursively). */
 static int count_files(const char *dir) {

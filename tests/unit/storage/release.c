@@ -20,38 +20,10 @@
 #include <unistd.h>
 
 #include "store_int.h"
+#include "fixture.h"
 
-typedef struct fixture {
-  char dir[64];
-  store *s;
-  store_conn *c;
-} fixture;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb; (void)flag; (void)ftw;
-  return remove(p);
-}
-
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  snprintf(f->dir, sizeof f->dir, "/tmp/moptd-reltest.XXXXXX");
-  if (!mkdtemp(f->dir)) return -1;
-  mopt_diag d = {{0}, {0}};
-  if (store_open(f->dir, &f->s, NULL, &d) != 0) return -1;
-  f->c = store_conn_get(f->s);
-  *state = f;
-  return f->c ? 0 : -1;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  store_close(f->s);
-  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-  free(f);
-  return 0;
-}
-
-static void model_id(char out[72], unsigned n) { snprintf(out, 72, "sha256:%064x", n); }
+static int setup(void **state) { return fixture_setup(state, "reltest"); }
+static int teardown(void **state) { return fixture_teardown(state); }
 
 static void put_model(store_conn *c, unsigned n) {
   char id[72], dir[PATH_MAX], path[PATH_MAX + 80];
@@ -247,7 +219,7 @@ static void test_migration_v2_to_v3(void **state) {
   store_conn *c = store_conn_get(s);
   assert_int_equal(sqlite3_exec(c->db, "SELECT * FROM payloads", NULL, NULL, NULL), SQLITE_OK);
   store_close(s);
-  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  nftw(dir, fixture_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int main(void) {

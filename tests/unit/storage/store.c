@@ -23,41 +23,10 @@
 #include <unistd.h>
 
 #include "store_int.h"
+#include "fixture.h"
 
-typedef struct fixture {
-  char dir[64];
-  store *s;
-  store_conn *c;
-} fixture;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb; (void)flag; (void)ftw;
-  return remove(p);
-}
-
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  snprintf(f->dir, sizeof f->dir, "/tmp/moptd-storetest.XXXXXX");
-  if (!mkdtemp(f->dir)) return -1;
-  mopt_diag d = {{0}, {0}};
-  if (store_open(f->dir, &f->s, NULL, &d) != 0) return -1;
-  f->c = store_conn_get(f->s);
-  *state = f;
-  return f->c ? 0 : -1;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  store_close(f->s);
-  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-  free(f);
-  return 0;
-}
-
-/* A model id "sha256:" + 64 hex derived from n. */
-static void model_id(char out[72], unsigned n) {
-  snprintf(out, 72, "sha256:%064x", n);
-}
+static int setup(void **state) { return fixture_setup(state, "storetest"); }
+static int teardown(void **state) { return fixture_teardown(state); }
 
 /* Puts a file where the blob of model_id(n) lives (the index only accepts published blobs). */
 static void make_blob(store_conn *c, unsigned n) {
@@ -785,7 +754,7 @@ static void test_migration_from_v1(void **state) {
   assert_int_equal(store_open(dir, &s, &requeued, &d), MOPT_EINTERNAL);
   assert_null(s);
   assert_non_null(strstr(d.msg, "newer"));
-  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  nftw(dir, fixture_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* --------------------------------------------------- concurrent claiming ---- */
