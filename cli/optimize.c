@@ -229,7 +229,7 @@ int cli_optimize(int argc, char **argv) {
     rc = cli_exit_code(err);
     goto done;
   }
-  mopt_model_allow_streaming(m);  /* the model is only saved after the passes */
+  mopt_model_allow_streaming(m, MOPT_STREAM_MIN_BYTES);  /* the model is only saved after the passes */
   char *report = NULL;
   err = mopt_pipeline_run(m, &spec, on_progress, &b, repp ? &report : NULL, &d);
   if (b.tty) fputc('\n', stderr);

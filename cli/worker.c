@@ -172,7 +172,7 @@ int cli_worker(int argc, char **argv) {
     return emit_error(rc, &d, cli_exit_code(rc));
   }
   if (g_term) rc = stop_error(&d, "load");
-  mopt_model_allow_streaming(m);  /* the model is only saved after the passes */
+  mopt_model_allow_streaming(m, MOPT_STREAM_MIN_BYTES);  /* the model is only saved after the passes */
   char *report = NULL;
   if (!rc) rc = mopt_pipeline_run(m, &spec, on_progress, &p, &report, &d);
   mopt_spec_free(&spec);

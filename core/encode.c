@@ -595,7 +595,7 @@ static int set_quantized(mopt_model *m, const mopt_weight *w, const mopt_qtensor
   if ((rc = emit_commit(m, w, &e, MOPT_WENC_QUANT))) { qsource_free(qs); return rc; }
   if (!src) return 0;
   if (mopt_int_stream(m, qtensor, qlen, qsource_produce, qsource_free, qs) == 0) return 0;
-  /* no streaming: compute the payload now */
+  /* not streamed: compute the payload now */
   uint8_t *b = malloc(qlen ? qlen : 1);
   if (!b) { qsource_free(qs); return MOPT_ENOMEM; }
   qsource_produce(qs, 0, b, qlen);

@@ -68,6 +68,7 @@ struct mopt_model {
   int borrow_mapped;           /* borrow is an mmap to unmap on destroy */
   /* streamed outputs (see mopt_model_allow_streaming) */
   int streaming;
+  size_t stream_min;           /* payloads of at least this many bytes are streamed */
   mopt_streamed *streamed;
   size_t nstreamed, capstreamed;
 };
@@ -77,7 +78,8 @@ struct mopt_model {
 int mopt_int_borrowed(const mopt_model *m, const void *p);
 /* Makes t's raw_data a streamed one of len bytes produced by fn(ctx, ...); the model owns ctx
  * from then on (release(ctx) at destroy). On failure (MOPT_ENOMEM, or MOPT_EINVAL when the
- * model does not allow streaming) nothing changed and the caller still owns ctx. */
+ * model does not allow streaming or len is below its minimum) nothing changed and the caller
+ * still owns ctx and computes the payload itself. */
 int mopt_int_stream(mopt_model *m, Onnx__TensorProto *t, size_t len, mopt_produce_fn fn,
                     void (*release)(void *ctx), void *ctx);
 /* Forgets a borrowed raw_data (sets it to NULL/0) so the tensor can be freed or refilled. */

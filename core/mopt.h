@@ -77,13 +77,16 @@ int mopt_model_save(const mopt_model *m, uint8_t **out, size_t *out_len);
 int mopt_model_save_file(const mopt_model *m, const char *path, mopt_diag *diag);
 /* Frees the model. NULL is a no-op. */
 void mopt_model_destroy(mopt_model *m);
-/* Lets later encoders stream their largest outputs: instead of building a quantized tensor in
- * memory they leave a producer that mopt_model_save_file runs while it writes, reading the
- * values from the model's mapped input (models from mopt_model_load_file; a no-op otherwise).
+/* Lets later encoders stream their outputs of at least min_bytes: instead of building a
+ * quantized tensor in memory they leave a producer that mopt_model_save_file runs while it
+ * writes, reading the values from the model's mapped input (models from mopt_model_load_file;
+ * a no-op otherwise).
  * The output bytes are the same either way. Once a tensor is streamed the model can only be
  * saved with mopt_model_save_file (any number of times) and destroyed: mopt_model_save,
  * the report's size measurement and reading encoded weights return MOPT_EINVAL. */
-void mopt_model_allow_streaming(mopt_model *m);
+void mopt_model_allow_streaming(mopt_model *m, size_t min_bytes);
+/* A good min_bytes: each streamed payload costs an address-space reservation and a lookup. */
+#define MOPT_STREAM_MIN_BYTES ((size_t)64 << 10)
 
 /* Summary used for upload metadata and `mopt inspect`. */
 typedef struct mopt_opset { char domain[64]; int64_t version; } mopt_opset;

@@ -338,13 +338,15 @@ int mopt_int_borrowed(const mopt_model *m, const void *p) {
   return streamed_at(m, p) != NULL;
 }
 
-void mopt_model_allow_streaming(mopt_model *m) {
-  if (m && m->borrow) m->streaming = 1;
+void mopt_model_allow_streaming(mopt_model *m, size_t min_bytes) {
+  if (!m || !m->borrow) return;
+  m->streaming = 1;
+  m->stream_min = min_bytes ? min_bytes : 1;
 }
 
 int mopt_int_stream(mopt_model *m, Onnx__TensorProto *t, size_t len, mopt_produce_fn fn,
                     void (*release)(void *ctx), void *ctx) {
-  if (!m || !m->streaming || !t || !len || !fn) return MOPT_EINVAL;
+  if (!m || !m->streaming || !t || !len || !fn || len < m->stream_min) return MOPT_EINVAL;
   if (m->nstreamed == m->capstreamed) {
     size_t nc = m->capstreamed ? m->capstreamed * 2 : 64;
     mopt_streamed *ns = realloc(m->streamed, nc * sizeof *ns);
