@@ -70,7 +70,7 @@ static void summary(const char *cmd, const mopt_payload_info *in, double secs, i
            "\"target_sha256\":\"%s\",\"base_size\":%llu,\"base_sha256\":\"%s\",\"records\":%llu,"
            "\"skeleton_len\":%llu,\"skeleton_comp_len\":%llu,\"skeleton_prefixed\":%s,"
            "\"tensors\":%llu,\"matched\":%llu,\"bytes_same\":%llu,\"bytes_raw\":%llu,"
-           "\"bytes_xor\":%llu,\"bytes_sub\":%llu,\"seconds\":%.3f}\n",
+           "\"bytes_xor\":%llu,\"bytes_sub\":%llu,\"bytes_sube\":%llu,\"seconds\":%.3f}\n",
            cmd, in->kind == MOPT_PAYLOAD_DELTA ? "delta" : "full",
            (unsigned long long)in->payload_size, (unsigned long long)in->target_size,
            in->target_sha256, (unsigned long long)in->base_size, in->base_sha256,
@@ -78,7 +78,8 @@ static void summary(const char *cmd, const mopt_payload_info *in, double secs, i
            (unsigned long long)in->skeleton_comp_len, in->skeleton_prefixed ? "true" : "false",
            (unsigned long long)in->n_tensors, (unsigned long long)in->n_matched,
            (unsigned long long)in->bytes_same, (unsigned long long)in->bytes_raw,
-           (unsigned long long)in->bytes_xor, (unsigned long long)in->bytes_sub, secs);
+           (unsigned long long)in->bytes_xor, (unsigned long long)in->bytes_sub,
+           (unsigned long long)in->bytes_sube, secs);
   } else {
     fprintf(stderr, "%s: %s payload %llu bytes, target %llu bytes sha256:%s (%.2f s)\n", cmd,
             in->kind == MOPT_PAYLOAD_DELTA ? "delta" : "full",

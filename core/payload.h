@@ -33,13 +33,14 @@
  * (payload size = 168 + records_len + prefix_len + skeleton_comp_len).
  *
  * Record, in target order:
- *   u8 op: bits 0-2 kind (0 GAP, 1 SAME, 2 RAW, 3 XOR, 4 SUB), bits 3-4 log2(elem_size)
- *          (elem_size 1, 2, 4, 8), bit 5 ROT, bits 6-7 zero. GAP has elem bits and ROT zero;
- *          ROT needs elem_size ≥ 2.
+ *   u8 op: bits 0-2 kind (0 GAP, 1 SAME, 2 RAW, 3 XOR, 4 SUB, 5 SUBE), bits 3-4
+ *          log2(elem_size) (elem_size 1, 2, 4, 8), bit 5 ROT, bits 6-7 zero. GAP has elem bits
+ *          and ROT zero; ROT needs elem_size ≥ 2; SUBE needs elem_size 4 and ROT. (Kind 5
+ *          came after the first release of version 1: older decoders refuse it by name.)
  *   varint out_len: target bytes produced (chunks: 1 byte .. 2 MiB, multiple of elem_size)
- *   SAME/XOR/SUB: zigzag varint (base_off − expected), expected = end of the base range of the
+ *   SAME/XOR/SUB/SUBE: zigzag varint (base_off − expected), expected = end of the base range of the
  *          previous record that used one (0 at first); base range [base_off, base_off+out_len)
- *   RAW/XOR/SUB: elem_size × varint (size << 1 | stored), then elem_size plane payloads: stored
+ *   RAW/XOR/SUB/SUBE: elem_size × varint (size << 1 | stored), then elem_size plane payloads: stored
  *          = the out_len/elem_size plane bytes verbatim, else one magicless zstd frame (format
  *          ZSTD_f_zstd1_magicless, content size present, no checksum) of that size.
  *   GAP  — the next out_len bytes of the skeleton stream (the target's non-tensor bytes).
@@ -50,6 +51,9 @@
  *   sign to bit 0 so its exponent fills one plane; the output is rotated back. Then
  *     RAW: D;  SAME: base bytes;  XOR: base ^ D;
  *     SUB: base + unzigzag(D) as elem_size-byte integers modulo 2^(8*elem_size).
+ *     SUBE: as SUB, but D is stored grouped by exponent: element i of the chunk's D is stored
+ *       at slot(k) + (number of elements j < i with key k), k = the top byte of (rotated) base
+ *       element i, slot(k) = number of elements whose key is below k.
  * Prefix table: n_prefix × (varint gap, varint len); the entries are base ranges in increasing
  *   order, each starting gap bytes after the previous one's end (the first: after byte 0). Their
  *   concatenation (≤ 8 MiB, the base's own skeleton) is the zstd prefix (raw-content dictionary)
@@ -67,7 +71,7 @@
  * Encoders: tensors are found with mopt_model_scan_file_tensors (raw_data ≥ 64 bytes); a file
  * that does not scan as ONNX is packed as opaque bytes (all skeleton). `delta` matches target
  * tensors to base tensors by (location, name, occurrence) with equal dtype, dims and size, and
- * per 1 MiB chunk picks the smallest of SAME / RAW / XOR / SUB (ROT on for float dtypes). The
+ * per 1 MiB chunk picks the smallest of SAME / RAW / XOR / SUB / SUBE (ROT on for float dtypes). The
  * skeleton is compressed with and without the base prefix and the smaller kept, so a delta is
  * never larger than the full payload of the same target with the same options.
  * =========================================================================================
@@ -103,7 +107,8 @@ typedef struct mopt_payload_info {
   uint64_t skeleton_len, skeleton_comp_len;
   int32_t skeleton_prefixed;   /* the skeleton frame uses the base prefix */
   /* filled by pack/delta only: target bytes per chunk mode, tensors seen / matched in the base */
-  uint64_t bytes_same, bytes_raw, bytes_xor, bytes_sub;
+  uint64_t bytes_same, bytes_raw, bytes_xor, bytes_sub;   /* bytes_sub: SUB and SUBE */
+  uint64_t bytes_sube;                                    /* of which SUBE */
   uint64_t n_tensors, n_matched;
 } mopt_payload_info;
 

@@ -67,6 +67,10 @@ typedef struct tdef {
   int bump;           /* int dtypes: add this to every 7th element */
 } tdef;
 
+/* When set, tensor_data adds noise in value space (as training updates do), this times the
+ * values' scale, on top of tdef.noise (which is relative to each value). */
+static double g_shift;
+
 static size_t dt_size(int32_t dt) {
   switch (dt) {
   case MOPT_DT_FLOAT: return 4;
@@ -95,6 +99,7 @@ static uint8_t *tensor_data(const tdef *t, size_t *len) {
   for (size_t i = 0; i < n; i++) {
     double v = (unitf(&s) - 0.5) * 0.2;
     if (t->noise != 0) v *= 1.0 + t->noise * (unitf(&s2) - 0.5);
+    if (g_shift != 0) v += g_shift * 0.2 * (unitf(&s2) - 0.5);
     if (t->dtype == MOPT_DT_FLOAT) { float f = (float)v; memcpy(b + 4 * i, &f, 4); }
     else if (t->dtype == MOPT_DT_FLOAT16) { uint16_t h = mopt_f32_to_f16((float)v); memcpy(b + 2 * i, &h, 2); }
     else if (t->dtype == MOPT_DT_INT64) { int64_t q = (int64_t)(v * 1000) + (i % 7 == 0 ? t->bump : 0); memcpy(b + 8 * i, &q, 8); }
@@ -468,6 +473,37 @@ static void test_flips_and_truncations(void **state) {
   flips_and_truncations("s.full", NULL);
 }
 
+/* v1 and v2 of one float32 tensor of the given dims, v2 = v1 + value-space noise; returns the
+ * delta's info (written to delta_name, level 19). */
+static mopt_payload_info shifted_pair(const char *v1, const char *v2, const char *delta_name,
+                                      int64_t rows, int64_t cols) {
+  tdef t[1] = {{"w", MOPT_DT_FLOAT, 2, {rows, cols}, 0, 0, 5, 0, 0}};
+  write_model(v1, t, 1, "t");
+  g_shift = 1e-3;
+  write_model(v2, t, 1, "t");
+  g_shift = 0;
+  char p1[512], p2[512], pd[512];
+  path_of(p1, v1); path_of(p2, v2); path_of(pd, delta_name);
+  mopt_payload_info in;
+  mopt_payload_opts o = {.level = 19};
+  assert_int_equal(mopt_payload_delta_file(p1, p2, pd, &o, &in, NULL), 0);
+  return in;
+}
+
+/* Small value-space noise on float32 weights (as training leaves): every chunk's differences
+ * are stored grouped by the base's exponent (SUBE), the pair round-trips byte-exact, and every
+ * flip or truncation of such a payload is refused. */
+static void test_exponent_grouped_differences(void **state) {
+  (void)state;
+  mopt_payload_info in = shifted_pair("e1.onnx", "e2.onnx", "e.delta", 256, 256);
+  assert_int_equal(in.bytes_sube, 256 * 256 * 4);
+  mopt_payload_opts o = {.level = 19};
+  roundtrip_pair("e1.onnx", "e2.onnx", &o, 1);
+  in = shifted_pair("f1.onnx", "f2.onnx", "f.delta", 16, 32);   /* small enough to flip */
+  assert_true(in.bytes_sube > 0);
+  flips_and_truncations("f.delta", "f1.onnx");
+}
+
 static void test_wrong_base(void **state) {
   (void)state;
   tdef a[1] = {{"w", MOPT_DT_FLOAT, 1, {100}, 0, 0, 1, 0, 0}};
@@ -623,6 +659,7 @@ int main(void) {
     cmocka_unit_test(test_full_roundtrips),
     cmocka_unit_test(test_delta_pairs),
     cmocka_unit_test(test_flips_and_truncations),
+    cmocka_unit_test(test_exponent_grouped_differences),
     cmocka_unit_test(test_wrong_base),
     cmocka_unit_test(test_manifest),
     cmocka_unit_test(test_sha_paths_agree),
