@@ -439,36 +439,35 @@ int mopt_quantize_tensor(const float *x, const mopt_qlayout *l, const mopt_qconf
   return 0;
 }
 
+/* Elements [e0, e1) into q (int32) or, when q is NULL, into out (low bytes). */
 MOPT_VECTOR_CLONES
-void mopt_quantize_apply_range(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
-                               const float *scales, const int32_t *zps, uint64_t e0, uint64_t e1,
-                               int32_t *q) {
+static void apply_range(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                        const float *scales, const int32_t *zps, uint64_t e0, uint64_t e1,
+                        int32_t *q, uint8_t *out) {
   int32_t qmin = 0, qmax = 0;
   mopt_qrange(qtype, &qmin, &qmax);
   for (uint64_t a = e0; a < e1;) {
     uint64_t end = e1 - a < SLICE ? e1 : a + SLICE;
     const mopt_f32u *p = x + a;
-    int32_t *qa = q + (a - e0);
+    int32_t *qa = q ? q + (a - e0) : NULL;
+    uint8_t *oa = q ? NULL : out + (a - e0);
     FOR_EACH_RUN(l, a, end,
-                 quant_run(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, qa + at, NULL),
-                 quant_run_vec(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, qa + at, NULL));
+                 if (qa) quant_run(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, qa + at, NULL);
+                 else quant_run_u8(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, oa + at),
+                 if (qa) quant_run_vec(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, qa + at, NULL);
+                 else quant_run_vec_u8(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, oa + at));
     a = end;
   }
 }
 
-MOPT_VECTOR_CLONES
+void mopt_quantize_apply_range(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
+                               const float *scales, const int32_t *zps, uint64_t e0, uint64_t e1,
+                               int32_t *q) {
+  apply_range(x, l, qtype, scales, zps, e0, e1, q, NULL);
+}
+
 void mopt_quantize_apply_range_u8(const mopt_f32u *x, const mopt_qlayout *l, int32_t qtype,
                                   const float *scales, const int32_t *zps, uint64_t e0,
                                   uint64_t e1, uint8_t *out) {
-  int32_t qmin = 0, qmax = 0;
-  mopt_qrange(qtype, &qmin, &qmax);
-  for (uint64_t a = e0; a < e1;) {
-    uint64_t end = e1 - a < SLICE ? e1 : a + SLICE;
-    const mopt_f32u *p = x + a;
-    uint8_t *oa = out + (a - e0);
-    FOR_EACH_RUN(l, a, end,
-                 quant_run_u8(p + at, (size_t)run, scales[g], zps[g], qmin, qmax, oa + at),
-                 quant_run_vec_u8(p + at, (size_t)run, scales + g, zps + g, qmin, qmax, oa + at));
-    a = end;
-  }
+  apply_range(x, l, qtype, scales, zps, e0, e1, NULL, out);
 }
