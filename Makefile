@@ -41,7 +41,7 @@ CORE_OBJ    := $(call obj,$(CORE_SRC)) $(BUILD)/obj/gen/onnx.pb-c.o
 STORAGE_OBJ := $(call obj,$(STORAGE_SRC))
 API_OBJ     := $(call obj,$(API_SRC))
 SERVER_OBJ  := $(call obj,$(SERVER_SRC))
-CLI_OBJ     := $(call obj,$(CLI_SRC)) $(BUILD)/obj/api/job_spec.o $(BUILD)/obj/api/textbuf.o
+CLI_OBJ     := $(call obj,$(CLI_SRC)) $(BUILD)/obj/api/job_spec.o
 
 LIBMOPT  := $(BUILD)/libmopt.a
 LIBSTORE := $(BUILD)/libmoptstore.a

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "api_int.h"
-#include "textbuf.h"
+#include "sb.h"
 #include "mopt.h"
 
 int api_h_healthz(api_ctx *ctx, const api_request *req, api_response *resp) {
@@ -46,33 +46,33 @@ int api_h_metrics(api_ctx *ctx, const api_request *req, api_response *resp) {
     api_error(resp, rc, "cannot read the index for metrics", "store", NULL);
     return rc;
   }
-  api_tb b = {0};
-  api_tb_fmt(&b, "# HELP moptd_build_info moptd version.\n# TYPE moptd_build_info gauge\n");
-  api_tb_fmt(&b, "moptd_build_info{version=\"%s\"} 1\n", MOPT_VERSION);
-  api_tb_fmt(&b, "# HELP moptd_jobs Jobs in the index by state.\n# TYPE moptd_jobs gauge\n");
+  mopt_sb b = {0};
+  mopt_sb_printf(&b, "# HELP moptd_build_info moptd version.\n# TYPE moptd_build_info gauge\n");
+  mopt_sb_printf(&b, "moptd_build_info{version=\"%s\"} 1\n", MOPT_VERSION);
+  mopt_sb_printf(&b, "# HELP moptd_jobs Jobs in the index by state.\n# TYPE moptd_jobs gauge\n");
   for (int s = 0; s < 5; s++)
-    api_tb_fmt(&b, "moptd_jobs{state=\"%s\"} %llu\n", store_job_state_name(s),
+    mopt_sb_printf(&b, "moptd_jobs{state=\"%s\"} %llu\n", store_job_state_name(s),
             (unsigned long long)counts[s]);
-  api_tb_fmt(&b, "# HELP moptd_store_bytes Bytes of indexed model blobs.\n"
+  mopt_sb_printf(&b, "# HELP moptd_store_bytes Bytes of indexed model blobs.\n"
               "# TYPE moptd_store_bytes gauge\n");
-  api_tb_fmt(&b, "moptd_store_bytes %llu\n", (unsigned long long)bytes);
+  mopt_sb_printf(&b, "moptd_store_bytes %llu\n", (unsigned long long)bytes);
   if (ctx->hooks.metrics) {
     char *extra = NULL;
     size_t elen = 0;
     if (ctx->hooks.metrics(ctx->hooks.hctx, &extra, &elen) == 0 && extra) {
-      api_tb_add(&b, extra, elen);
-      if (elen && extra[elen - 1] != '\n') api_tb_add(&b, "\n", 1);
+      mopt_sb_add(&b, extra, elen);
+      if (elen && extra[elen - 1] != '\n') mopt_sb_add(&b, "\n", 1);
     }
     free(extra);
   }
   if (b.oom) {
-    free(b.p);
+    free(b.buf);
     api_error(resp, MOPT_ENOMEM, NULL, NULL, NULL);
     return MOPT_ENOMEM;
   }
   resp->status = 200;
   resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
-  resp->body = b.p;
+  resp->body = b.buf;
   resp->body_len = b.len;
   api_response_header(resp, "Cache-Control", "no-store");
   return 0;

@@ -11,7 +11,7 @@
  * same table the parser uses, so both change together.
  */
 #include "job_spec.h"
-#include "textbuf.h"
+#include "sb.h"
 
 #include <ctype.h>
 #include <jansson.h>
@@ -508,82 +508,82 @@ static int depth_scan(const char *text, size_t len, mopt_diag *diag) {
 /* ------------------------------------------------------------ canonical writer ---- */
 
 /* Shortest decimal that reads back as exactly x (deterministic across runs). */
-static void sb_double(api_tb *b, double x) {
+static void sb_double(mopt_sb *b, double x) {
   char tmp[40];
   for (int prec = 1; prec <= 17; prec++) {
     snprintf(tmp, sizeof tmp, "%.*g", prec, x);
     if (strtod(tmp, NULL) == x) break;
   }
-  api_tb_str(b, tmp);
+  mopt_sb_puts(b, tmp);
 }
 /* ,"key": — keys are written in sorted order by the callers. */
-static void sb_key(api_tb *b, int *first, const char *key) {
-  if (!*first) api_tb_str(b, ",");
+static void sb_key(mopt_sb *b, int *first, const char *key) {
+  if (!*first) mopt_sb_puts(b, ",");
   *first = 0;
-  api_tb_json_str(b, key);
-  api_tb_str(b, ":");
+  mopt_sb_json_str(b, key);
+  mopt_sb_puts(b, ":");
 }
 
-static void write_pass(api_tb *b, const mopt_pass *p) {
+static void write_pass(mopt_sb *b, const mopt_pass *p) {
   int f = 1;
-  api_tb_str(b, "{");
+  mopt_sb_puts(b, "{");
   if (p->op == MOPT_PASS_QUANTIZE) {      /* "activations" < "anchor" < every other key */
     sb_key(b, &f, "activations");
-    api_tb_json_str(b, enum_name(act_names, p->activations));
+    mopt_sb_json_str(b, enum_name(act_names, p->activations));
   }
   if (p->use_anchor) {
     sb_key(b, &f, "anchor");
-    api_tb_json_str(b, p->anchor);
+    mopt_sb_json_str(b, p->anchor);
   }
   switch (p->op) {
     case MOPT_PASS_PRUNE:
       if (p->pattern == MOPT_PRUNE_CHANNEL) {
         sb_key(b, &f, "norm");
-        api_tb_json_str(b, enum_name(norm_names, p->channel_norm));
+        mopt_sb_json_str(b, enum_name(norm_names, p->channel_norm));
       }
       sb_key(b, &f, "op");
-      api_tb_str(b, "\"prune\"");
+      mopt_sb_puts(b, "\"prune\"");
       sb_key(b, &f, "pattern");
-      if (p->pattern == MOPT_PRUNE_UNSTRUCTURED) api_tb_str(b, "\"unstructured\"");
-      else if (p->pattern == MOPT_PRUNE_CHANNEL) api_tb_str(b, "\"channel\"");
-      else if (p->pattern == MOPT_PRUNE_NM) api_tb_fmt(b, "\"%d:%d\"", p->nm_n, p->nm_m);
-      else api_tb_fmt(b, "\"block:%dx%d\"", p->block_r, p->block_c);
+      if (p->pattern == MOPT_PRUNE_UNSTRUCTURED) mopt_sb_puts(b, "\"unstructured\"");
+      else if (p->pattern == MOPT_PRUNE_CHANNEL) mopt_sb_puts(b, "\"channel\"");
+      else if (p->pattern == MOPT_PRUNE_NM) mopt_sb_printf(b, "\"%d:%d\"", p->nm_n, p->nm_m);
+      else mopt_sb_printf(b, "\"block:%dx%d\"", p->block_r, p->block_c);
       sb_key(b, &f, "scope");
-      api_tb_json_str(b, enum_name(scope_names, p->scope));
+      mopt_sb_json_str(b, enum_name(scope_names, p->scope));
       sb_key(b, &f, "sparsity");
       sb_double(b, p->sparsity);
       break;
     case MOPT_PASS_CLUSTER:
       sb_key(b, &f, "clusters");
-      api_tb_fmt(b, "%d", p->clusters);
+      mopt_sb_printf(b, "%d", p->clusters);
       sb_key(b, &f, "encoding");
-      api_tb_json_str(b, enum_name(enc_names, p->encoding));
+      mopt_sb_json_str(b, enum_name(enc_names, p->encoding));
       sb_key(b, &f, "granularity");
-      api_tb_json_str(b, enum_name(cluster_gran_names, p->granularity));
+      mopt_sb_json_str(b, enum_name(cluster_gran_names, p->granularity));
       sb_key(b, &f, "init");
-      api_tb_json_str(b, enum_name(init_names, p->init));
+      mopt_sb_json_str(b, enum_name(init_names, p->init));
       sb_key(b, &f, "op");
-      api_tb_str(b, "\"cluster\"");
+      mopt_sb_puts(b, "\"cluster\"");
       break;
     case MOPT_PASS_QUANTIZE:
       if (p->granularity == MOPT_GRAN_BLOCK) {
         sb_key(b, &f, "block_size");
-        api_tb_fmt(b, "%d", p->block_size);
+        mopt_sb_printf(b, "%d", p->block_size);
       }
       sb_key(b, &f, "dtype");
-      api_tb_json_str(b, enum_name(dtype_names, p->qtype));
+      mopt_sb_json_str(b, enum_name(dtype_names, p->qtype));
       sb_key(b, &f, "granularity");
-      api_tb_json_str(b, enum_name(quant_gran_names, p->granularity));
+      mopt_sb_json_str(b, enum_name(quant_gran_names, p->granularity));
       sb_key(b, &f, "mse");
-      api_tb_str(b, p->mse_search ? "true" : "false");
+      mopt_sb_puts(b, p->mse_search ? "true" : "false");
       sb_key(b, &f, "op");
-      api_tb_str(b, "\"quantize\"");
+      mopt_sb_puts(b, "\"quantize\"");
       sb_key(b, &f, "symmetric");
-      api_tb_str(b, p->symmetric ? "true" : "false");
+      mopt_sb_puts(b, p->symmetric ? "true" : "false");
       break;
     case MOPT_PASS_FP16:
       sb_key(b, &f, "op");
-      api_tb_str(b, "\"fp16\"");
+      mopt_sb_puts(b, "\"fp16\"");
       break;
     case MOPT_PASS_DECOMPOSE:
       if (p->rank == 0) {
@@ -591,39 +591,39 @@ static void write_pass(api_tb *b, const mopt_pass *p) {
         sb_double(b, p->energy);
       }
       sb_key(b, &f, "op");
-      api_tb_str(b, "\"decompose\"");
+      mopt_sb_puts(b, "\"decompose\"");
       if (p->rank > 0) {
         sb_key(b, &f, "rank");
-        api_tb_fmt(b, "%d", p->rank);
+        mopt_sb_printf(b, "%d", p->rank);
       }
       break;
   }
-  api_tb_str(b, "}");
+  mopt_sb_puts(b, "}");
 }
 
-static void write_globs(api_tb *b, char *const *list, size_t n) {
-  api_tb_str(b, "[");
+static void write_globs(mopt_sb *b, char *const *list, size_t n) {
+  mopt_sb_puts(b, "[");
   for (size_t i = 0; i < n; i++) {
-    if (i) api_tb_str(b, ",");
-    api_tb_json_str(b, list[i]);
+    if (i) mopt_sb_puts(b, ",");
+    mopt_sb_json_str(b, list[i]);
   }
-  api_tb_str(b, "]");
+  mopt_sb_puts(b, "]");
 }
 
 static char *write_spec(const mopt_spec *s) {
-  api_tb b = {0};
-  api_tb_str(&b, "{\"passes\":[");
+  mopt_sb b = {0};
+  mopt_sb_puts(&b, "{\"passes\":[");
   for (size_t i = 0; i < s->n_passes; i++) {
-    if (i) api_tb_str(&b, ",");
+    if (i) mopt_sb_puts(&b, ",");
     write_pass(&b, &s->passes[i]);
   }
-  api_tb_fmt(&b, "],\"seed\":%llu,\"select\":{\"exclude\":", (unsigned long long)s->seed);
+  mopt_sb_printf(&b, "],\"seed\":%llu,\"select\":{\"exclude\":", (unsigned long long)s->seed);
   write_globs(&b, s->exclude, s->n_exclude);
-  api_tb_str(&b, ",\"include\":");
+  mopt_sb_puts(&b, ",\"include\":");
   write_globs(&b, s->include, s->n_include);
-  api_tb_fmt(&b, ",\"min_elements\":%llu}}", (unsigned long long)s->min_elements);
-  if (b.oom) { free(b.p); return NULL; }
-  return b.p;
+  mopt_sb_printf(&b, ",\"min_elements\":%llu}}", (unsigned long long)s->min_elements);
+  if (b.oom) { free(b.buf); return NULL; }
+  return b.buf;
 }
 
 /* ------------------------------------------------------------ entry point ---- */

@@ -14,7 +14,7 @@
 #include <time.h>
 
 #include "api_int.h"
-#include "textbuf.h"
+#include "sb.h"
 
 void api_response_init(api_response *r) {
   memset(r, 0, sizeof *r);
@@ -295,73 +295,73 @@ char *api_model_json(const store_model *m) {
 /* ---- hand-built job JSON: embedded documents are spliced as text, not re-encoded ---- */
 
 /* A JSON string, or null for NULL / "". */
-static void jb_jstr(api_tb *b, const char *s) {
-  if (!s || !*s) { api_tb_str(b, "null"); return; }
-  api_tb_json_str(b, s);
+static void jb_jstr(mopt_sb *b, const char *s) {
+  if (!s || !*s) { mopt_sb_puts(b, "null"); return; }
+  mopt_sb_json_str(b, s);
 }
-static void jb_time(api_tb *b, int64_t ms) {
-  if (ms <= 0) { api_tb_str(b, "null"); return; }
+static void jb_time(mopt_sb *b, int64_t ms) {
+  if (ms <= 0) { mopt_sb_puts(b, "null"); return; }
   char buf[40];
   api_time_format(ms, buf, sizeof buf);
-  api_tb_str(b, "\"");
-  api_tb_str(b, buf);
-  api_tb_str(b, "\"");
+  mopt_sb_puts(b, "\"");
+  mopt_sb_puts(b, buf);
+  mopt_sb_puts(b, "\"");
 }
 /* Embeds stored JSON text verbatim (so the worker's numbers keep their own formatting). Every
  * writer of these columns stores one JSON object, validated when written (the spec by
  * api_spec_parse, the report by the scheduler, errors built with jansson), so a GET does not
  * parse them again; text that does not even start like an object is answered as null. */
-static void jb_embed(api_tb *b, const char *text) {
+static void jb_embed(mopt_sb *b, const char *text) {
   while (text && (*text == ' ' || *text == '\n' || *text == '\r' || *text == '\t')) text++;
-  if (!text || *text != '{') { api_tb_str(b, "null"); return; }
+  if (!text || *text != '{') { mopt_sb_puts(b, "null"); return; }
   size_t n = strlen(text);
   while (n && (text[n - 1] == ' ' || text[n - 1] == '\n' || text[n - 1] == '\r' ||
                text[n - 1] == '\t'))
     n--;
-  api_tb_add(b, text, n);
+  mopt_sb_add(b, text, n);
 }
 
 char *api_job_json(const store_job *j) {
-  api_tb b = {0};
+  mopt_sb b = {0};
   char num[64];
-  api_tb_str(&b, "{\"id\":");
+  mopt_sb_puts(&b, "{\"id\":");
   jb_jstr(&b, j->id);
-  api_tb_str(&b, ",\"state\":");
+  mopt_sb_puts(&b, ",\"state\":");
   jb_jstr(&b, store_job_state_name(j->state));
   double p = j->progress < 0 ? 0 : j->progress > 1 ? 1 : j->progress;
   snprintf(num, sizeof num, ",\"progress\":%.6g", p);
-  api_tb_str(&b, num);
-  api_tb_str(&b, ",\"step\":");
+  mopt_sb_puts(&b, num);
+  mopt_sb_puts(&b, ",\"step\":");
   jb_jstr(&b, j->step);
-  api_tb_str(&b, ",\"created\":");
+  mopt_sb_puts(&b, ",\"created\":");
   jb_time(&b, j->created);
-  api_tb_str(&b, ",\"started\":");
+  mopt_sb_puts(&b, ",\"started\":");
   jb_time(&b, j->started);
-  api_tb_str(&b, ",\"finished\":");
+  mopt_sb_puts(&b, ",\"finished\":");
   jb_time(&b, j->finished);
-  api_tb_str(&b, ",\"model\":");
+  mopt_sb_puts(&b, ",\"model\":");
   jb_jstr(&b, j->model);
   /* The spec is our own normalized text: spliced without a parse (hot path of GET). */
-  api_tb_str(&b, ",\"spec\":");
-  if (j->spec && j->spec[0] == '{') api_tb_str(&b, j->spec);
-  else api_tb_str(&b, "null");
-  api_tb_str(&b, ",\"output\":");
+  mopt_sb_puts(&b, ",\"spec\":");
+  if (j->spec && j->spec[0] == '{') mopt_sb_puts(&b, j->spec);
+  else mopt_sb_puts(&b, "null");
+  mopt_sb_puts(&b, ",\"output\":");
   jb_jstr(&b, j->output);
-  api_tb_str(&b, ",\"output_url\":");
+  mopt_sb_puts(&b, ",\"output_url\":");
   if (j->output[0]) {
     char url[160];
     snprintf(url, sizeof url, "/v1/models/%s/content", j->output);
     jb_jstr(&b, url);
   } else {
-    api_tb_str(&b, "null");
+    mopt_sb_puts(&b, "null");
   }
-  api_tb_str(&b, ",\"report\":");
+  mopt_sb_puts(&b, ",\"report\":");
   jb_embed(&b, j->report);
-  api_tb_str(&b, ",\"error\":");
+  mopt_sb_puts(&b, ",\"error\":");
   jb_embed(&b, j->error);
   snprintf(num, sizeof num, ",\"cancel_requested\":%s,\"rev\":%llu}",
            j->cancel_requested ? "true" : "false", (unsigned long long)j->rev);
-  api_tb_str(&b, num);
-  if (b.oom) { free(b.p); return NULL; }
-  return b.p;
+  mopt_sb_puts(&b, num);
+  if (b.oom) { free(b.buf); return NULL; }
+  return b.buf;
 }

@@ -10,15 +10,7 @@
 #include <stdint.h>
 
 #include "mopt.h"
-
-/* Growable string with sticky out-of-memory state. */
-typedef struct mopt_sb { char *buf; size_t len, cap; int oom; } mopt_sb;
-void mopt_sb_puts(mopt_sb *s, const char *str);
-void mopt_sb_printf(mopt_sb *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Writes str as a JSON string literal (quotes, escapes, control chars as \u00XX); NULL → null. */
-void mopt_sb_json_str(mopt_sb *s, const char *str);
-/* Writes a JSON number, or null when not finite. */
-void mopt_sb_json_num(mopt_sb *s, double v);
+#include "sb.h"
 
 /* One tensor after one pass. */
 typedef struct mopt_rep_tpass {
