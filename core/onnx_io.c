@@ -974,7 +974,8 @@ static void sink_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
   s->total += len;
   /* protobuf-c hands a bytes field over in one call: a streamed payload is produced here,
    * straight into the staging buffer */
-  const mopt_streamed *st = len ? streamed_at(s->m, data) : NULL;
+  const mopt_streamed *st = s->m->nstreamed && len >= s->m->stream_min ? streamed_at(s->m, data)
+                                                                       : NULL;
   if (st && st->len == len) {
     for (uint64_t off = 0; off < len && !s->err;) {
       if (s->used == s->cap && sink_flush(s)) return;

@@ -500,6 +500,25 @@ static void fail_claimed(srv_sched *s, const char *job, const char *code, const 
   srv_log_msg(SRV_LOG_ERROR, "job_failed", "job %s: %s", job, msg);
 }
 
+/* The hex digest of the (one) pass "anchor" in a stored, normalized spec; 0 when no pass has
+ * one. The spec is the API's canonical JSON, so it parses; a pass anchor is a model id there. */
+static int spec_anchor_hex(const char *spec, char hex[65]) {
+  json_t *root = spec ? json_loads(spec, 0, NULL) : NULL;
+  json_t *passes = json_object_get(root, "passes"), *p;
+  size_t i;
+  int found = 0;
+  json_array_foreach(passes, i, p) {
+    const char *a = json_string_value(json_object_get(p, "anchor"));
+    if (a && strncmp(a, "sha256:", 7) == 0) {
+      snprintf(hex, 65, "%.64s", a + 7);
+      found = 1;
+      break;
+    }
+  }
+  json_decref(root);
+  return found;
+}
+
 static void spawn(srv_sched *s, store_job *j) {
   store *st = s->ctx->st;
   char msg[PATH_MAX + 256];
@@ -519,10 +538,8 @@ static void spawn(srv_sched *s, store_job *j) {
     return;
   }
   /* the API stored the anchor resolved to a model id: "anchor":"sha256:<64 hex>" */
-  const char *an = j->spec ? strstr(j->spec, "\"anchor\":\"sha256:") : NULL;
-  if (an) {
-    char ahex[65];
-    snprintf(ahex, sizeof ahex, "%.64s", an + 17);
+  char ahex[65];
+  if (spec_anchor_hex(j->spec, ahex)) {
     if (strlen(ahex) != 64 || store_blob_path(st, ahex, w->anchor_path, sizeof w->anchor_path) != 0) {
       snprintf(msg, sizeof msg, "anchor model sha256:%s has no blob in the store", ahex);
       fail_claimed(s, j->id, "not_found", msg);
