@@ -169,8 +169,14 @@ def test_kill9_of_the_daemon_takes_its_workers_down():
         j = d.submit({"model": mid, "passes": [{"op": "cluster", "clusters": 256}]}, 202)
         j = d.wait_job(j["id"], ("running",) + TERMINAL, 30)
         eq(j["state"], "running", "heavy job state (error %r)" % (j.get("error"),))
+        # 'running' is written at the claim, just before the scheduler spawns the worker: wait
+        # for the process itself
+        deadline = time.time() + 10
         pids = workers_of(d)
-        check(pids, "no worker process found for the running job")
+        while not pids and time.time() < deadline:
+            time.sleep(0.02)
+            pids = workers_of(d)
+        check(pids, "no worker process found for the running job within 10 s")
         d.kill()
         deadline = time.time() + 3
         while workers_of(d) and time.time() < deadline:
