@@ -2,9 +2,11 @@
  * distinct counts, sparsity and SNR statistics used by the passes and the report.
  *
  * Trade-off: the radix sort costs one scratch copy (n floats) but sorts 4M values in tens of
- * milliseconds, which is what makes distinct counts and 1-D k-means cheap on big tensors.
+ * milliseconds, which is what makes 1-D k-means cheap on big tensors. Distinct counts need no
+ * order, only grouping: one bucket scatter and a cache-resident bitmap (mopt_distinct_count).
  */
 #include "kernels.h"
+#include "mopt_error.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -73,17 +75,95 @@ void mopt_sort_floats(float *x, size_t n, float *tmp) {
   if (src != x) memcpy(x, src, n * sizeof *x);
 }
 
+/* Distinct counting: one scatter of the keys into buckets by their top 11 bits (order inside
+ * a bucket is free, so four lanes over four quarters of the input keep their own cursors and
+ * never wait on one another's increments), then per bucket a test-and-set over a 2^21-bit
+ * bitmap of the low bits, which stays in L2. Three passes over the data where a full radix sort
+ * takes eight. */
+enum { DC_TOP = 11, DC_BUCKETS = 1 << DC_TOP, DC_LOW = 32 - DC_TOP, DC_LANES = 4,
+       DC_PAD = 16 };                            /* rows padded: no 4 KiB aliasing between lanes */
+
+struct mopt_distinct {
+  uint32_t *keys;
+  size_t cap;
+  uint64_t bitmap[(1u << DC_LOW) / 64];
+  size_t count[DC_LANES + 1][DC_BUCKETS + DC_PAD];   /* lane DC_LANES: the tail */
+  size_t start[DC_BUCKETS + 1];
+};
+
+/* Monotone key with -0 folded onto +0 (all other bit patterns, NaNs included, kept apart). */
+static inline uint32_t dkey(float f) {
+  return fkey(f == 0.0f ? 0.0f : f);
+}
+
+mopt_distinct *mopt_distinct_new(void) {
+  return calloc(1, sizeof(mopt_distinct));
+}
+
+void mopt_distinct_free(mopt_distinct *dc) {
+  if (!dc) return;
+  free(dc->keys);
+  free(dc);
+}
+
+int mopt_distinct_count(mopt_distinct *dc, const float *x, size_t n, uint64_t *out) {
+  *out = 0;
+  if (n == 0) return 0;
+  if (n > dc->cap) {
+    uint32_t *k = realloc(dc->keys, n * sizeof *k);
+    if (!k) return MOPT_ENOMEM;
+    dc->keys = k;
+    dc->cap = n;
+  }
+  const size_t len = n / DC_LANES, tail = len * DC_LANES;
+  memset(dc->count, 0, sizeof dc->count);
+  for (size_t j = 0; j < len; j++)
+    for (int q = 0; q < DC_LANES; q++) dc->count[q][dkey(x[q * len + j]) >> DC_LOW]++;
+  for (size_t i = tail; i < n; i++) dc->count[DC_LANES][dkey(x[i]) >> DC_LOW]++;
+  size_t at = 0;                                 /* counts become each lane's write cursor */
+  for (size_t b = 0; b < DC_BUCKETS; b++) {
+    dc->start[b] = at;
+    for (int q = 0; q <= DC_LANES; q++) {
+      size_t c = dc->count[q][b];
+      dc->count[q][b] = at;
+      at += c;
+    }
+  }
+  dc->start[DC_BUCKETS] = at;
+  uint32_t *keys = dc->keys;
+  for (size_t j = 0; j < len; j++)
+    for (int q = 0; q < DC_LANES; q++) {
+      uint32_t k = dkey(x[q * len + j]);
+      keys[dc->count[q][k >> DC_LOW]++] = k;
+    }
+  for (size_t i = tail; i < n; i++) {
+    uint32_t k = dkey(x[i]);
+    keys[dc->count[DC_LANES][k >> DC_LOW]++] = k;
+  }
+  const uint32_t low = (1u << DC_LOW) - 1;
+  uint64_t d = 0;
+  for (size_t b = 0; b < DC_BUCKETS; b++) {
+    size_t lo = dc->start[b], hi = dc->start[b + 1];
+    for (size_t i = lo; i < hi; i++) {
+      uint32_t k = keys[i] & low;
+      uint64_t bit = 1ull << (k & 63), *word = &dc->bitmap[k >> 6];
+      d += !(*word & bit);
+      *word |= bit;
+    }
+    if (hi - lo > sizeof dc->bitmap / 64) memset(dc->bitmap, 0, sizeof dc->bitmap);
+    else
+      for (size_t i = lo; i < hi; i++) dc->bitmap[(keys[i] & low) >> 6] = 0;
+  }
+  *out = d;
+  return 0;
+}
+
 uint64_t mopt_count_distinct(const float *x, size_t n) {
   if (n == 0) return 0;
-  float *a = malloc(n * sizeof *a), *t = malloc(n * sizeof *t);
-  if (!a || !t) { free(a); free(t); return 0; }
-  for (size_t i = 0; i < n; i++) a[i] = x[i] == 0.0f ? 0.0f : x[i];   /* -0 == +0 */
-  mopt_sort_floats(a, n, t);
-  uint64_t d = 1;
-  for (size_t i = 1; i < n; i++)
-    if (memcmp(&a[i], &a[i - 1], 4) != 0) d++;
-  free(a);
-  free(t);
+  mopt_distinct *dc = mopt_distinct_new();
+  uint64_t d = 0;
+  if (dc && mopt_distinct_count(dc, x, n, &d) != 0) d = 0;
+  mopt_distinct_free(dc);
   return d;
 }
 
@@ -94,7 +174,7 @@ double mopt_sparsity(const float *x, size_t n) {
   return (double)z / (double)n;
 }
 
-double mopt_snr_db(const float *x, const float *y, size_t n, double *max_abs_err) {
+double mopt_snr_db(const mopt_f32u *x, const float *y, size_t n, double *max_abs_err) {
   double sig = 0.0, noise = 0.0, mx = 0.0;
   for (size_t i = 0; i < n; i++) {
     double d = (double)x[i] - (double)y[i];

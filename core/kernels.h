@@ -236,14 +236,22 @@ int mopt_svd_lowrank(const float *w, int64_t r, int64_t c, double energy, int32_
                      int64_t *rank_out, float **a, float **b);
 
 /* ---------------------------------------------------------------- stats ---- */
-/* Distinct float values (bitwise, with -0 == +0) in n values, by radix sort of a copy.
- * Returns 0 on allocation failure. */
+/* Distinct float values (bitwise, with -0 == +0) in n values. Returns 0 on allocation
+ * failure. */
 uint64_t mopt_count_distinct(const float *x, size_t n);
+/* The same with a counter kept across calls: its scratch (n keys for the largest n seen, and a
+ * 256 KiB bitmap) is allocated and first touched once per run instead of once per tensor. */
+typedef struct mopt_distinct mopt_distinct;
+mopt_distinct *mopt_distinct_new(void);
+void mopt_distinct_free(mopt_distinct *dc);
+/* *out = distinct values in x[0..n); MOPT_ENOMEM when the scratch cannot grow. */
+int mopt_distinct_count(mopt_distinct *dc, const float *x, size_t n, uint64_t *out);
 /* Fraction of exact zeros. */
 double mopt_sparsity(const float *x, size_t n);
 /* Signal-to-noise ratio of approximation y of x in dB: 10 log10(sum x^2 / sum (x-y)^2)
- * (+inf reported as 999 when exact, -999 when x is all zero and y is not). Also max |x - y|. */
-double mopt_snr_db(const float *x, const float *y, size_t n, double *max_abs_err);
+ * (+inf reported as 999 when exact, -999 when x is all zero and y is not). Also max |x - y|.
+ * x may be unaligned (a float32 payload in the mapped input). */
+double mopt_snr_db(const mopt_f32u *x, const float *y, size_t n, double *max_abs_err);
 
 /* LSD radix sort of float keys in ascending numeric order (tmp: n floats of scratch). */
 void mopt_sort_floats(float *x, size_t n, float *tmp);

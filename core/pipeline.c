@@ -37,6 +37,7 @@ typedef struct wstate {
   const mopt_weight *w;
   size_t n;
   float *vals, *orig;
+  const mopt_f32u *orig_mapped;  /* the original values in the mapped input, instead of orig */
   size_t nonfinite_at;       /* 1 + index of the first NaN/Inf: the tensor is skipped */
   int touched;               /* a pass changed values (used when orig is not kept) */
   int pruned;
@@ -79,6 +80,7 @@ typedef struct pctx {
   int want_report;
   mopt_report *rep;
   mopt_model *anchor;        /* spec->anchor_path, loaded when a pass uses it */
+  mopt_distinct *distinct;   /* the report's distinct-value counter, one for the run */
 } pctx;
 
 static double now_ms(void) {
@@ -756,13 +758,22 @@ static int pass_decompose(pctx *c, wstate *s, size_t pi, char *note) {
   return 0;
 }
 
+/* Distinct values in x[0..n), by the run's counter (its scratch is reused from tensor to
+ * tensor); a private one-off count if the counter cannot be had. */
+static uint64_t distinct_of(pctx *c, const float *x, size_t n) {
+  uint64_t d = 0;
+  if (!c->distinct) c->distinct = mopt_distinct_new();
+  if (!c->distinct || mopt_distinct_count(c->distinct, x, n, &d) != 0) return mopt_count_distinct(x, n);
+  return d;
+}
+
 /* Distinct values of the current reconstruction, from the structure where there is one (used
  * (group, q) pairs, used table entries, used halves), by sorting the values otherwise. Exact in
  * every case: candidate values are deduplicated as floats. */
-static uint64_t state_distinct(const wstate *s) {
+static uint64_t state_distinct(pctx *c, const wstate *s) {
   if (s->f16) {
     uint64_t *bits = calloc(65536 / 64, sizeof *bits);
-    if (!bits) return mopt_count_distinct(s->vals, s->n);
+    if (!bits) return distinct_of(c, s->vals, s->n);
     for (size_t i = 0; i < s->n; i++) {
       uint16_t h = s->halves[i] == 0x8000 ? 0 : s->halves[i];
       bits[h >> 6] |= 1ull << (h & 63);
@@ -777,7 +788,7 @@ static uint64_t state_distinct(const wstate *s) {
     mopt_qrange(s->qtype, &qmin, &qmax);
     size_t span = (size_t)(qmax - qmin + 1);
     uint8_t *used = calloc(s->ng * span, 1);
-    if (!used) return mopt_count_distinct(s->vals, s->n);
+    if (!used) return distinct_of(c, s->vals, s->n);
     const mopt_qlayout *l = &s->ql;
     int64_t nb = l->gran == 2 ? (l->v.dim + l->block_size - 1) / l->block_size : 1;
     size_t e = 0;
@@ -790,11 +801,11 @@ static uint64_t state_distinct(const wstate *s) {
         }
     size_t m = 0;
     float *cand = malloc(s->ng * span * sizeof *cand);
-    if (!cand) { free(used); return mopt_count_distinct(s->vals, s->n); }
+    if (!cand) { free(used); return distinct_of(c, s->vals, s->n); }
     for (size_t g = 0; g < s->ng; g++)
       for (size_t q = 0; q < span; q++)
         if (used[g * span + q]) cand[m++] = mopt_dequant1((int32_t)q + qmin, s->scales[g], s->zps[g]);
-    uint64_t d = mopt_count_distinct(cand, m);
+    uint64_t d = distinct_of(c, cand, m);
     free(cand);
     free(used);
     return d;
@@ -803,7 +814,7 @@ static uint64_t state_distinct(const wstate *s) {
     size_t nt = s->n_tables * (size_t)s->k;
     uint8_t *used = calloc(nt, 1);
     float *cand = malloc(nt * sizeof *cand);
-    if (!used || !cand) { free(used); free(cand); return mopt_count_distinct(s->vals, s->n); }
+    if (!used || !cand) { free(used); free(cand); return distinct_of(c, s->vals, s->n); }
     size_t inner = 1;
     if (s->caxis >= 0)
       for (int32_t a = s->caxis + 1; a < s->w->ndim; a++) inner *= (size_t)s->w->dims[a];
@@ -814,12 +825,12 @@ static uint64_t state_distinct(const wstate *s) {
     size_t m = 0;
     for (size_t j = 0; j < nt; j++)
       if (used[j]) cand[m++] = s->table[j];
-    uint64_t d = mopt_count_distinct(cand, m);
+    uint64_t d = distinct_of(c, cand, m);
     free(cand);
     free(used);
     return d;
   }
-  return mopt_count_distinct(s->vals, s->n);
+  return distinct_of(c, s->vals, s->n);
 }
 
 static int run_pass(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
@@ -850,6 +861,8 @@ static int decode(pctx *c, const mopt_weight *w, wstate *s, int keep_orig) {
       s->nonfinite_at = i + 1;
       break;
     }
+  if (keep_orig && !s->nonfinite_at && (s->orig_mapped = mopt_weight_f32_mapped(c->m, w)))
+    return 0;                         /* float32 in the mapping: no copy needed */
   if (keep_orig) {
     s->orig = malloc(s->n * sizeof *s->orig);
     if (!s->orig) { state_free(s); return MOPT_ENOMEM; }
@@ -1083,7 +1096,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       memcpy(rt->dims, w->dims, sizeof rt->dims);
       rt->dtype_before = w->dtype;
       rt->n_passes = spec->n_passes;
-      dist = rt->distinct_before = mopt_count_distinct(s.vals, s.n);
+      dist = rt->distinct_before = distinct_of(&c, s.vals, s.n);
       sp = rt->sparsity_before = mopt_sparsity(s.vals, s.n);
     }
     if (s.nonfinite_at) {
@@ -1128,7 +1141,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
         rp->distinct_before += dist;
         float *view = consumer_view(&s);        /* half types: what the consumer sees */
         sp = mopt_sparsity(view ? view : s.vals, s.n);
-        dist = view ? mopt_count_distinct(view, s.n) : state_distinct(&s);
+        dist = view ? distinct_of(&c, view, s.n) : state_distinct(&c, &s);
         free(view);
         rp->zeros_after += (uint64_t)nearbyint(sp * (double)s.n);
         rp->distinct_after += dist;
@@ -1141,7 +1154,8 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       rt->sparsity = sp;
       rt->distinct = dist;
       float *view = consumer_view(&s);
-      rt->snr_db = mopt_snr_db(s.orig, view ? view : s.vals, s.n, &rt->max_abs_err);
+      rt->snr_db = mopt_snr_db(s.orig_mapped ? s.orig_mapped : s.orig, view ? view : s.vals, s.n,
+                               &rt->max_abs_err);
       free(view);
       rt->fp16_clamped = s.clamped;
       rt->rank = s.lowrank ? s.rank : 0;
@@ -1185,5 +1199,6 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
 out:
   mopt_report_free(&rep);
   mopt_model_destroy(c.anchor);
+  mopt_distinct_free(c.distinct);
   return rc;
 }

@@ -1,6 +1,7 @@
 /* tests/unit/core/report.c — the hand-written report JSON: parses with a real JSON parser
  * (jansson), strings with quotes, backslashes, control characters and UTF-8 round-trip, non-finite
- * numbers become null, and the documented fields are present with the values given. */
+ * numbers become null, and the documented fields are present with the values given; the
+ * distinct-value count behind the report's "distinct" fields against a qsort reference. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "ktest.h"
 #include "mopt.h"
 #include "pipeline_int.h"
 
@@ -104,10 +106,66 @@ static void string_builder(void **st) {
   free(c.buf);
 }
 
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Reference twin: distinct bit patterns after folding -0 onto +0, by qsort of the bits. */
+static uint64_t distinct_ref(const float *x, size_t n) {
+  if (!n) return 0;
+  uint32_t *b = malloc(n * sizeof *b);
+  for (size_t i = 0; i < n; i++) {
+    float v = x[i] == 0.0f ? 0.0f : x[i];
+    memcpy(&b[i], &v, 4);
+  }
+  qsort(b, n, sizeof *b, cmp_u32);
+  uint64_t d = 1;
+  for (size_t i = 1; i < n; i++) d += b[i] != b[i - 1];
+  free(b);
+  return d;
+}
+
+static void distinct_count_matches_reference(void **st) {
+  (void)st;
+  const size_t n = 50000;
+  float *x = malloc(n * sizeof *x);
+  mopt_distinct *dc = mopt_distinct_new();      /* one counter across every call below */
+  assert_non_null(dc);
+  const uint32_t odd_bits[] = {0x80000000u, 0x7fc00000u, 0x7fc00001u, 0xffc00000u, 0x7f800000u,
+                               0xff800000u, 0x00000001u, 0x80000001u, 0x007fffffu};
+  for (int shape = 0; shape < 5; shape++) {
+    kt_gauss(x, n, 100 + (uint64_t)shape, 0.05);
+    if (shape == 1)                              /* many repeats: a 4-bit-like grid */
+      for (size_t i = 0; i < n; i++) x[i] = nearbyintf(x[i] * 160) / 160;
+    if (shape == 2)                              /* zeros of both signs, NaNs, infinities, subnormals */
+      for (size_t i = 0; i < n; i += 97) memcpy(&x[i], &odd_bits[(i / 97) % 9], 4);
+    if (shape == 3)                              /* one value: a single bucket far above 4096 */
+      for (size_t i = 0; i < n; i++) x[i] = -0.25f;
+    if (shape == 4)                              /* values differing only in the lowest bits */
+      for (size_t i = 0; i < n; i++) x[i] = 1.0f + (float)(i % 1500) * 0x1p-23f;
+    /* sizes with and without a tail after the four lanes, small and large buckets */
+    const size_t sizes[] = {1, 2, 3, 5, 1001, n - 1, n};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+      uint64_t want = distinct_ref(x, sizes[k]), got = 0;
+      assert_int_equal(mopt_count_distinct(x, sizes[k]), want);
+      assert_int_equal(mopt_distinct_count(dc, x, sizes[k], &got), 0);
+      assert_int_equal(got, want);
+    }
+  }
+  uint64_t got = 7;
+  assert_int_equal(mopt_distinct_count(dc, x, 0, &got), 0);
+  assert_int_equal(got, 0);
+  assert_int_equal(mopt_count_distinct(x, 0), 0);
+  mopt_distinct_free(dc);
+  free(x);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(escapes_and_parses),
     cmocka_unit_test(string_builder),
+    cmocka_unit_test(distinct_count_matches_reference),
   };
   return cmocka_run_group_tests_name("core/report", tests, NULL, NULL);
 }
