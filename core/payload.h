@@ -132,7 +132,7 @@ int mopt_payload_delta_file(const char *base_path, const char *target_path, cons
  * place. base_path is required for a delta and ignored for a full payload (may be NULL).
  * On any error nothing exists at out_path that was not there before and no temp file remains.
  * Memory is bounded whatever the model size: at most an 8 MiB prefix, an 8 MiB skeleton window,
- * four 2 MiB chunk buffers and 3 MiB of I/O buffers (about 28 MiB; ~9 MiB measured on 400 MB).
+ * four 2 MiB chunk buffers and 4 MiB of I/O buffers (about 29 MiB; ~12 MiB measured on 400 MB).
  * Returns 0; MOPT_EPAYLOAD (malformed, truncated, corrupted payload); MOPT_EDIGEST (wrong base:
  * the diag names the expected base SHA-256; or the output does not match the target digest);
  * MOPT_EINVAL (delta without base); MOPT_EIO; MOPT_ENOMEM. */
