@@ -326,10 +326,28 @@ static void restore_graph(const strip_ctx *c, Onnx__GraphProto *g) {
   }
 }
 
-static const mopt_streamed *streamed_at(const mopt_model *m, const void *p) {
-  for (size_t i = 0; m && i < m->nstreamed; i++)
-    if (m->streamed[i].at == p) return &m->streamed[i];
+/* m->streamed is kept sorted by placeholder address: every detach and every large append of a
+ * save asks whether a pointer is one of them. Returns the entry, or NULL; *slot (if given)
+ * receives the index where p is or would be inserted. */
+static const mopt_streamed *streamed_find(const mopt_model *m, const void *p, size_t *slot) {
+  size_t lo = 0, hi = m ? m->nstreamed : 0;
+  uintptr_t key = (uintptr_t)p;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    uintptr_t at = (uintptr_t)m->streamed[mid].at;
+    if (at == key) {
+      if (slot) *slot = mid;
+      return &m->streamed[mid];
+    }
+    if (at < key) lo = mid + 1;
+    else hi = mid;
+  }
+  if (slot) *slot = lo;
   return NULL;
+}
+
+static const mopt_streamed *streamed_at(const mopt_model *m, const void *p) {
+  return streamed_find(m, p, NULL);
 }
 
 int mopt_int_borrowed(const mopt_model *m, const void *p) {
@@ -361,7 +379,11 @@ int mopt_int_stream(mopt_model *m, Onnx__TensorProto *t, size_t len, mopt_produc
   t->raw_data.data = at;
   t->raw_data.len = len;
   t->has_raw_data = 1;
-  m->streamed[m->nstreamed++] = (mopt_streamed){at, len, fn, release, ctx};
+  size_t slot;
+  streamed_find(m, at, &slot);                 /* a fresh mapping is never already listed */
+  memmove(&m->streamed[slot + 1], &m->streamed[slot], (m->nstreamed - slot) * sizeof *m->streamed);
+  m->streamed[slot] = (mopt_streamed){at, len, fn, release, ctx};
+  m->nstreamed++;
   return 0;
 }
 
