@@ -306,52 +306,65 @@ static int prune_anchor(pctx *c, wstate *s, const mopt_pass *p, const float *x0,
   return 0;
 }
 
-static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
+/* The magnitude prune itself, in place on s->vals. Returns 0 when it pruned, 1 when the tensor
+ * has nothing for this pattern (note says why). */
+static int prune_fresh(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
   const mopt_pass *p = &c->spec->passes[pi];
   const mopt_weight *w = s->w;
-  float *x0 = NULL;
-  if (p->use_anchor && c->anchor && !global_phase && p->scope != MOPT_SCOPE_GLOBAL &&
-      (p->pattern == MOPT_PRUNE_UNSTRUCTURED || p->pattern == MOPT_PRUNE_NM)) {
-    x0 = malloc(s->n * sizeof *x0);
-    if (!x0) return MOPT_ENOMEM;
-    memcpy(x0, s->vals, s->n * sizeof *x0);
-  }
   switch (p->pattern) {
   case MOPT_PRUNE_UNSTRUCTURED:
     if (p->scope == MOPT_SCOPE_GLOBAL && !global_phase)
       mopt_prune_threshold(s->vals, s->n, c->thr[pi], &c->ties[pi]);
     else if (p->scope != MOPT_SCOPE_GLOBAL)
       mopt_prune_unstructured(s->vals, s->n, p->sparsity, NULL);
-    break;
+    return 0;
   case MOPT_PRUNE_NM: {
     int32_t ax = w->reduction_axis >= 0 ? w->reduction_axis : w->ndim - 1;
     mopt_prune_nm(s->vals, mopt_view_make(w->dims, w->ndim, ax), p->nm_n, p->nm_m);
     if (w->reduction_axis < 0) note_set(note, "no reduction axis: N:M along the last axis");
-    break;
+    return 0;
   }
   case MOPT_PRUNE_BLOCK: {
     int64_t rows = w->ndim >= 1 ? w->dims[0] : 1;
     int64_t cols = rows ? (int64_t)s->n / rows : 0;
     mopt_prune_blocks(s->vals, rows, cols, p->block_r, p->block_c, p->sparsity);
-    break;
+    return 0;
   }
   case MOPT_PRUNE_CHANNEL:
     if (w->channel_axis < 0) {
       note_set(note, "skipped: no output-channel axis");
-      return 0;
+      return 1;
     }
     mopt_prune_channels(s->vals, mopt_view_make(w->dims, w->ndim, w->channel_axis),
                         p->channel_norm, p->sparsity);
-    break;
+    return 0;
   }
-  if (x0) {
-    int rc = prune_anchor(c, s, p, x0, note);
-    free(x0);
-    if (rc) return rc;
+  return 0;
+}
+
+/* Prunes fresh; with an anchor (per-tensor unstructured or N:M), then offers the anchor's mask
+ * against that result, which needs the values from before the pass (x0). */
+static int pass_prune(pctx *c, wstate *s, size_t pi, int global_phase, char *note) {
+  const mopt_pass *p = &c->spec->passes[pi];
+  int try_anchor = p->use_anchor && c->anchor && !global_phase && p->scope != MOPT_SCOPE_GLOBAL &&
+                   (p->pattern == MOPT_PRUNE_UNSTRUCTURED || p->pattern == MOPT_PRUNE_NM);
+  float *x0 = NULL;
+  if (try_anchor) {
+    x0 = malloc(s->n * sizeof *x0);
+    if (!x0) return MOPT_ENOMEM;
+    memcpy(x0, s->vals, s->n * sizeof *x0);
   }
-  s->pruned = 1;
-  s->touched = 1;
-  return after_value_change(s, note);
+  int rc = 0;
+  if (prune_fresh(c, s, pi, global_phase, note) == 0) {
+    if (x0) rc = prune_anchor(c, s, p, x0, note);
+    if (!rc) {
+      s->pruned = 1;
+      s->touched = 1;
+      rc = after_value_change(s, note);
+    }
+  }
+  free(x0);
+  return rc;
 }
 
 /* Anchored clustering: assigns x0 (the values before the pass) to the anchor's centroid tables,
