@@ -66,6 +66,7 @@ struct mopt_model {
   const uint8_t *borrow;
   size_t borrow_len;
   int borrow_mapped;           /* borrow is an mmap to unmap on destroy */
+  int internalized;            /* external data was read in: borrow is not the whole model */
   /* streamed outputs (see mopt_model_allow_streaming) */
   int streaming;
   size_t stream_min;           /* payloads of at least this many bytes are streamed */

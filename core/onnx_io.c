@@ -444,6 +444,7 @@ typedef struct val_ctx {
   uint32_t max_graph_depth;
   int bundle_fd;               /* -1: external data refused */
   int borrowing;               /* raw_data may point into the caller's mapping */
+  int internalized;            /* some tensor's external data was read into the model */
   mopt_diag *diag;
 } val_ctx;
 
@@ -641,6 +642,7 @@ static int check_tensor(val_ctx *c, Onnx__TensorProto *t, const char *where) {
   if (external) {
     if (dt == MOPT_DT_STRING)
       return mopt_diag_set(c->diag, MOPT_EMODEL, where, "string tensor with external data");
+    c->internalized = 1;
     return load_external(c, t, bytes, where);
   }
   if (t->has_raw_data) {
@@ -860,6 +862,7 @@ static int load_impl(const uint8_t *buf, size_t len, const mopt_load_limits *lim
   rc = check_graph(&vc, pb->graph, NULL, 0, "main");
   if (vc.bundle_fd >= 0) close(vc.bundle_fd);
   if (rc) goto fail;
+  m->internalized = vc.internalized;
   m->opset = default_opset(pb);
   *out = m;
   return 0;

@@ -1026,6 +1026,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   if (rc) return rc;
   mopt_report rep;
   memset(&rep, 0, sizeof rep);
+  mopt_zmeasure *zbefore = NULL;      /* the input's compressed size, measured meanwhile */
   pctx c = {.m = m, .spec = spec, .progress = progress, .progress_ctx = progress_ctx,
             .diag = diag, .want_report = report_json != NULL, .rep = &rep};
   mopt_model_info info;
@@ -1046,7 +1047,13 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   rep.seed = spec->seed;
   rep.n_passes = spec->n_passes;
   for (size_t p = 0; p < spec->n_passes; p++) rep.p[p].op = spec->passes[p].op;
-  if (c.want_report && (rc = mopt_model_measure(m, &rep.file_bytes_before, &rep.zstd_bytes_before)))
+  /* Sizes before: a model read from one file, unchanged since (it serializes to the file's
+   * size), is that file's bytes, which stay as they are while the passes change the model: they
+   * are compressed on a second thread meanwhile (0.55 s of a 410 MB job otherwise). Any other
+   * model (built in memory, external data read in, changed since) is measured as serialized. */
+  if (c.want_report) zbefore = mopt_model_measure_file_start(m, &rep.file_bytes_before);
+  if (c.want_report && !zbefore &&
+      (rc = mopt_model_measure(m, &rep.file_bytes_before, &rep.zstd_bytes_before)))
     goto out;
 
   size_t nsel = 0;
@@ -1202,6 +1209,10 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     double t0 = now_ms();
     if ((rc = mopt_model_measure(m, &rep.file_bytes_after, &rep.zstd_bytes_after))) goto out;
     rep.save_ms = now_ms() - t0;
+    if (zbefore) {
+      rep.zstd_bytes_before = mopt_zmeasure_finish(zbefore);
+      zbefore = NULL;
+    }
     rep.total_ms = now_ms() - t_start;
     rep.peak_rss_bytes = mopt_peak_rss();
     *report_json = mopt_report_json(&rep);
@@ -1210,6 +1221,7 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   if (progress && !rc && progress(1.0, "encode", progress_ctx) != 0)
     rc = mopt_diag_set(diag, MOPT_ECANCELLED, "done", "cancelled");
 out:
+  mopt_zmeasure_abort(zbefore);      /* an error or a cancel does not wait for it */
   mopt_report_free(&rep);
   mopt_model_destroy(c.anchor);
   mopt_distinct_free(c.distinct);
