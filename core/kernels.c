@@ -106,7 +106,7 @@ void mopt_distinct_free(mopt_distinct *dc) {
   free(dc);
 }
 
-int mopt_distinct_count(mopt_distinct *dc, const float *x, size_t n, uint64_t *out) {
+int mopt_distinct_count(mopt_distinct *dc, const mopt_f32u *x, size_t n, uint64_t *out) {
   *out = 0;
   if (n == 0) return 0;
   if (n > dc->cap) {

@@ -244,8 +244,9 @@ uint64_t mopt_count_distinct(const float *x, size_t n);
 typedef struct mopt_distinct mopt_distinct;
 mopt_distinct *mopt_distinct_new(void);
 void mopt_distinct_free(mopt_distinct *dc);
-/* *out = distinct values in x[0..n); MOPT_ENOMEM when the scratch cannot grow. */
-int mopt_distinct_count(mopt_distinct *dc, const float *x, size_t n, uint64_t *out);
+/* *out = distinct values in x[0..n) (x may be unaligned: a payload in the mapped input);
+ * MOPT_ENOMEM when the scratch cannot grow. */
+int mopt_distinct_count(mopt_distinct *dc, const mopt_f32u *x, size_t n, uint64_t *out);
 /* Fraction of exact zeros. */
 double mopt_sparsity(const float *x, size_t n);
 /* Signal-to-noise ratio of approximation y of x in dB: 10 log10(sum x^2 / sum (x-y)^2)

@@ -7,6 +7,7 @@
 #define MOPT_PIPELINE_INT_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "mopt.h"
@@ -65,17 +66,13 @@ char *mopt_report_json(const mopt_report *r);
 /* Serialized size of the model and its zstd level-3 compressed size, computed by streaming the
  * protobuf encoder through a compressor (no copy of the file is held). */
 int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes);
-/* The zstd level-3 size of a model that is still exactly the file it was read from (mapped,
- * no external data read in, serializing to the file's size), computed from the file's bytes on
- * a thread of its own while the caller changes the model. Start sets *file_bytes and returns the
- * measurement, or NULL when the model is not its file (or on ENOMEM): measure it with
- * mopt_model_measure then. Finish joins, frees and returns the size (0 if compression failed);
- * abort stops the thread at once, for an error path (NULL is fine for both). The model must
- * outlive the measurement. */
-typedef struct mopt_zmeasure mopt_zmeasure;
-mopt_zmeasure *mopt_model_measure_file_start(const mopt_model *m, uint64_t *file_bytes);
-uint64_t mopt_zmeasure_finish(mopt_zmeasure *z);
-void mopt_zmeasure_abort(mopt_zmeasure *z);
+/* 1 with the file's bytes when the model is still exactly the file it was read from (mapped, no
+ * external data read in, serializing to the file's size): its "before" sizes can then be taken
+ * from those bytes, which no pass changes, while the passes run. 0 otherwise. */
+int mopt_model_file_view(const mopt_model *m, const uint8_t **buf, size_t *len);
+/* zstd level-3 compressed size of buf, as mopt_model_measure counts it; 0 when compression
+ * fails or *stop becomes non-zero (checked every MiB; stop may be NULL). */
+uint64_t mopt_zstd_size(const uint8_t *buf, size_t len, atomic_int *stop);
 /* Peak resident set size of this process in bytes (getrusage). */
 uint64_t mopt_peak_rss(void);
 /* Short name of a pass op ("prune", …). */

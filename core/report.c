@@ -1,6 +1,5 @@
 /* report.c — the optimization report as JSON, written by hand (core links no JSON library),
- * plus the measurements only the report needs: zstd-compressed sizes (the input's on a thread of
- * its own while the passes run) and peak RSS.
+ * plus the measurements only the report needs: zstd-compressed sizes and peak RSS.
  *
  * Trade-off: a tiny string builder with correct escaping instead of a JSON library keeps core's
  * dependency list short; the shape is fixed and documented below, so a writer is enough.
@@ -20,9 +19,7 @@
 #include "model_int.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,26 +95,26 @@ int mopt_model_measure(const mopt_model *m, uint64_t *bytes, uint64_t *zbytes) {
   return 0;
 }
 
-struct mopt_zmeasure {
-  const uint8_t *buf;
-  size_t len;
-  pthread_t th;
-  int threaded;
-  atomic_int stop;
-  uint64_t out;
-};
+int mopt_model_file_view(const mopt_model *m, const uint8_t **buf, size_t *len) {
+  if (!m || !m->borrow || m->internalized || m->nstreamed ||
+      protobuf_c_message_get_packed_size(&m->pb->base) != m->borrow_len)
+    return 0;
+  *buf = m->borrow;
+  *len = m->borrow_len;
+  return 1;
+}
 
-static void zmeasure_run(mopt_zmeasure *z) {
+uint64_t mopt_zstd_size(const uint8_t *buf, size_t len, atomic_int *stop) {
   ZSTD_CCtx *cx = ZSTD_createCCtx();
   uint8_t *ob = malloc(1 << 17);
   uint64_t total = 0;
   int ok = cx && ob;
   if (ok) ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, 3);
   size_t pos = 0;
-  while (ok && !atomic_load(&z->stop)) {
-    size_t take = z->len - pos < (1u << 20) ? z->len - pos : (1u << 20);
-    ZSTD_EndDirective mode = pos + take == z->len ? ZSTD_e_end : ZSTD_e_continue;
-    ZSTD_inBuffer in = {z->buf + pos, take, 0};
+  while (ok && !(stop && atomic_load(stop))) {
+    size_t take = len - pos < (1u << 20) ? len - pos : (1u << 20);
+    ZSTD_EndDirective mode = pos + take == len ? ZSTD_e_end : ZSTD_e_continue;
+    ZSTD_inBuffer in = {buf + pos, take, 0};
     for (;;) {
       ZSTD_outBuffer o = {ob, 1 << 17, 0};
       size_t r = ZSTD_compressStream2(cx, &o, &in, mode);
@@ -128,43 +125,9 @@ static void zmeasure_run(mopt_zmeasure *z) {
     pos += take;
     if (mode == ZSTD_e_end) break;
   }
-  z->out = ok && !atomic_load(&z->stop) ? total : 0;
   ZSTD_freeCCtx(cx);
   free(ob);
-}
-
-static void *zmeasure_thread(void *arg) {
-  zmeasure_run(arg);
-  return NULL;
-}
-
-mopt_zmeasure *mopt_model_measure_file_start(const mopt_model *m, uint64_t *file_bytes) {
-  if (!m || !m->borrow || m->internalized || m->nstreamed ||
-      protobuf_c_message_get_packed_size(&m->pb->base) != m->borrow_len)
-    return NULL;
-  mopt_zmeasure *z = calloc(1, sizeof *z);
-  if (!z) return NULL;
-  *file_bytes = m->borrow_len;
-  z->buf = m->borrow;
-  z->len = m->borrow_len;
-  atomic_init(&z->stop, 0);
-  z->threaded = pthread_create(&z->th, NULL, zmeasure_thread, z) == 0;
-  if (!z->threaded) zmeasure_run(z);         /* no thread: measured now, same result */
-  return z;
-}
-
-uint64_t mopt_zmeasure_finish(mopt_zmeasure *z) {
-  if (!z) return 0;
-  if (z->threaded) pthread_join(z->th, NULL);
-  uint64_t out = z->out;
-  free(z);
-  return out;
-}
-
-void mopt_zmeasure_abort(mopt_zmeasure *z) {
-  if (!z) return;
-  atomic_store(&z->stop, 1);
-  mopt_zmeasure_finish(z);
+  return ok && !(stop && atomic_load(stop)) ? total : 0;
 }
 
 uint64_t mopt_peak_rss(void) {
