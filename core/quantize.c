@@ -18,7 +18,9 @@
 /* The streaming kernels are built twice, for AVX2 and for the x86-64 baseline, and the loader
  * picks one for the CPU it runs on (GCC function multiversioning); their run loops are forced
  * inline so each clone gets its own vector code. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) /* clang 14 emits no resolver */
+/* Not with clang 14 (it emits no resolver), nor under ThreadSanitizer (the resolver runs during
+ * relocation, before the TSan runtime is up, and crashes the program). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define MOPT_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define MOPT_VECTOR_CLONES
