@@ -508,6 +508,18 @@ static void nonfinite_weight_is_left_alone(void **st) {
  * bytes equal the general path's, with and without streaming allowed and with a NaN weight
  * (left alone); a model holding streamed tensors refuses in-memory saves, measuring and
  * reading encoded weights, and saves the same bytes twice. */
+/* Writes build_model()'s bytes (W1 with a NaN when nan) to path; returns them (caller frees). */
+static uint8_t *write_model_file(const char *path, int nan, size_t *len) {
+  g_nan_in_w1 = nan;
+  uint8_t *buf = build_model(len);
+  g_nan_in_w1 = 0;
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(buf, 1, *len, f), *len);
+  fclose(f);
+  return buf;
+}
+
 static void streamed_quantize_saves_the_same_bytes(void **st) {
   (void)st;
   char dir[] = "/tmp/mopt-pipeline-XXXXXX";
@@ -518,15 +530,8 @@ static void streamed_quantize_saves_the_same_bytes(void **st) {
   snprintf(out2, sizeof out2, "%s/b.onnx", dir);
   for (int nan = 0; nan < 2; nan++)
     for (int gran = 0; gran < 3; gran++) {
-      g_nan_in_w1 = nan;
       size_t len;
-      uint8_t *buf = build_model(&len);
-      g_nan_in_w1 = 0;
-      FILE *f = fopen(in, "wb");
-      assert_non_null(f);
-      assert_int_equal(fwrite(buf, 1, len, f), len);
-      fclose(f);
-      free(buf);
+      free(write_model_file(in, nan, &len));
       mopt_spec s;
       mopt_spec_init(&s);
       const mopt_gran grans[3] = {MOPT_GRAN_PER_TENSOR, MOPT_GRAN_PER_CHANNEL, MOPT_GRAN_BLOCK};
@@ -625,14 +630,8 @@ static void report_from_file_matches_in_memory(void **st) {
   /* specs[3]: no passes */
   for (int nan = 0; nan < 2; nan++)
     for (int k = 0; k < 4; k++) {
-      g_nan_in_w1 = nan;
       size_t len;
-      uint8_t *buf = build_model(&len);
-      g_nan_in_w1 = 0;
-      FILE *f = fopen(in, "wb");
-      assert_non_null(f);
-      assert_int_equal(fwrite(buf, 1, len, f), len);
-      fclose(f);
+      uint8_t *buf = write_model_file(in, nan, &len);
       mopt_model *from_file = NULL, *in_memory = NULL;
       assert_int_equal(mopt_model_load_file(in, NULL, &from_file, NULL), 0);
       assert_int_equal(mopt_model_load(buf, len, NULL, &in_memory, NULL), 0);
