@@ -75,6 +75,8 @@ struct mopt_model {
 };
 
 /* ---- borrowed payloads (onnx_io.c) ---- */
+/* 1 when p lies in the mapped input (the bytes the model was read from). */
+int mopt_int_in_mapping(const mopt_model *m, const void *p);
 /* 1 when p lies in the mapped input or is a streamed placeholder: never free or write it. */
 int mopt_int_borrowed(const mopt_model *m, const void *p);
 /* Makes t's raw_data a streamed one of len bytes produced by fn(ctx, ...); the model owns ctx

@@ -350,10 +350,13 @@ static const mopt_streamed *streamed_at(const mopt_model *m, const void *p) {
   return streamed_find(m, p, NULL);
 }
 
-int mopt_int_borrowed(const mopt_model *m, const void *p) {
+int mopt_int_in_mapping(const mopt_model *m, const void *p) {
   const uint8_t *b = p;
-  if (m && m->borrow && b >= m->borrow && b < m->borrow + m->borrow_len) return 1;
-  return streamed_at(m, p) != NULL;
+  return m && m->borrow && b >= m->borrow && b < m->borrow + m->borrow_len;
+}
+
+int mopt_int_borrowed(const mopt_model *m, const void *p) {
+  return mopt_int_in_mapping(m, p) || streamed_at(m, p) != NULL;
 }
 
 void mopt_model_allow_streaming(mopt_model *m, size_t min_bytes) {

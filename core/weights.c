@@ -614,7 +614,7 @@ const void *mopt_weight_f32_mapped(const mopt_model *m, const mopt_weight *w) {
   const Onnx__TensorProto *t = m->wr[w->index].tensor;
   if (!t || !t->has_data_type || t->data_type != MOPT_DT_FLOAT || !t->has_raw_data) return NULL;
   if (t->raw_data.len != w->nelem * 4 || !w->nelem) return NULL;
-  if (!m->borrow || !mopt_int_borrowed(m, t->raw_data.data)) return NULL;
+  if (!mopt_int_in_mapping(m, t->raw_data.data)) return NULL;   /* not a streamed placeholder */
   return t->raw_data.data;
 #endif
 }
