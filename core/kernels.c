@@ -158,7 +158,7 @@ int mopt_distinct_count(mopt_distinct *dc, const mopt_f32u *x, size_t n, uint64_
   return 0;
 }
 
-uint64_t mopt_count_distinct(const float *x, size_t n) {
+uint64_t mopt_count_distinct(const mopt_f32u *x, size_t n) {
   if (n == 0) return 0;
   mopt_distinct *dc = mopt_distinct_new();
   uint64_t d = 0;

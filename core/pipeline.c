@@ -773,15 +773,12 @@ static int pass_decompose(pctx *c, wstate *s, size_t pi, char *note) {
 }
 
 /* Distinct values in x[0..n), by the run's counter (its scratch is reused from tensor to
- * tensor); a private one-off count if the counter cannot be had. */
+ * tensor); a one-off count if the counter cannot be had or cannot grow. */
 static uint64_t distinct_of(pctx *c, const mopt_f32u *x, size_t n) {
   uint64_t d = 0;
   if (!c->distinct) c->distinct = mopt_distinct_new();
   if (c->distinct && mopt_distinct_count(c->distinct, x, n, &d) == 0) return d;
-  mopt_distinct *once = mopt_distinct_new();  /* the run's counter could not grow: try afresh */
-  if (!once || mopt_distinct_count(once, x, n, &d) != 0) d = 0;
-  mopt_distinct_free(once);
-  return d;
+  return mopt_count_distinct(x, n);
 }
 
 /* Distinct values of the current reconstruction, from the structure where there is one (used
@@ -1021,13 +1018,18 @@ static int encode(pctx *c, wstate *s, mopt_rep_tensor *rt) {
  * size, and the distinct-value count of every selected float32 weight that lies in the mapped
  * input. Both read only the mapped file, which nothing writes; on 2 cores they take 1.7 s of a
  * 410 MB int8 job off the main thread. Tensors without such a mapping are counted inline. */
+/* One selected float32 weight in the mapping, counted by the thread. */
+typedef struct before_item {
+  const mopt_f32u *src;      /* its mapped values, or NULL: counted inline */
+  size_t n;
+  uint64_t dist;             /* distinct values (valid after the join) */
+} before_item;
+
 typedef struct before_bg {
   const uint8_t *file;       /* the model's file bytes, or NULL (measured as serialized) */
   size_t file_len;
-  size_t nw;
-  const mopt_f32u **src;     /* per weight: its mapped values, or NULL */
-  size_t *n;                 /* per weight: element count */
-  uint64_t *dist;            /* per weight: distinct values (valid after the join) */
+  size_t nw;                 /* items: one per weight of the model's list, or 0 */
+  before_item *items;
   uint64_t zbytes;
   atomic_int stop;
   pthread_t th;
@@ -1035,14 +1037,16 @@ typedef struct before_bg {
 } before_bg;
 
 #define DIST_UNKNOWN UINT64_MAX       /* the thread could not count it (no memory): count inline */
+#define NOT_DEFERRED SIZE_MAX
 
 static void before_bg_run(before_bg *b) {
   if (b->file) b->zbytes = mopt_zstd_size(b->file, b->file_len, &b->stop);
-  for (size_t i = 0; i < b->nw; i++) b->dist[i] = DIST_UNKNOWN;
+  for (size_t i = 0; i < b->nw; i++) b->items[i].dist = DIST_UNKNOWN;
   mopt_distinct *dc = mopt_distinct_new();
-  for (size_t i = 0; dc && i < b->nw && !atomic_load(&b->stop); i++)
-    if (b->src[i] && mopt_distinct_count(dc, b->src[i], b->n[i], &b->dist[i]) != 0)
-      b->dist[i] = DIST_UNKNOWN;
+  for (size_t i = 0; dc && i < b->nw && !atomic_load(&b->stop); i++) {
+    before_item *it = &b->items[i];
+    if (it->src && mopt_distinct_count(dc, it->src, it->n, &it->dist) != 0) it->dist = DIST_UNKNOWN;
+  }
   mopt_distinct_free(dc);
 }
 
@@ -1058,22 +1062,19 @@ static before_bg *before_bg_start(pctx *c, const mopt_weight *ws, size_t nw) {
   if (!b) return NULL;
   int any = mopt_model_file_view(c->m, &b->file, &b->file_len);
   /* without passes the count before is also the count after, needed at once */
-  if (c->spec->n_passes > 0) {
+  if (c->spec->n_passes > 0 && nw && (b->items = calloc(nw, sizeof *b->items))) {
     b->nw = nw;
-    b->src = calloc(nw ? nw : 1, sizeof *b->src);
-    b->n = calloc(nw ? nw : 1, sizeof *b->n);
-    b->dist = calloc(nw ? nw : 1, sizeof *b->dist);
-    if (!b->src || !b->n || !b->dist) b->nw = 0;
-    for (size_t i = 0; i < b->nw; i++)
-      if (selected(c->spec, &ws[i]) && (b->src[i] = mopt_weight_f32_mapped(c->m, &ws[i]))) {
-        b->n[i] = (size_t)ws[i].nelem;
+    for (size_t i = 0; i < nw; i++)
+      if (selected(c->spec, &ws[i]) && (b->items[i].src = mopt_weight_f32_mapped(c->m, &ws[i]))) {
+        b->items[i].n = (size_t)ws[i].nelem;
         any = 1;
       }
   }
   atomic_init(&b->stop, 0);
   if (any) b->threaded = pthread_create(&b->th, NULL, before_bg_thread, b) == 0;
   if (!b->threaded) {                /* no thread: nothing is deferred */
-    free(b->src); free(b->n); free(b->dist); free(b);
+    free(b->items);
+    free(b);
     return NULL;
   }
   return b;
@@ -1081,7 +1082,7 @@ static before_bg *before_bg_start(pctx *c, const mopt_weight *ws, size_t nw) {
 
 /* 1 when weight i's count before comes from the thread. */
 static int before_bg_has(const before_bg *b, size_t i) {
-  return b && i < b->nw && b->src[i] != NULL;
+  return b && i < b->nw && b->items[i].src != NULL;
 }
 
 static void before_bg_join(before_bg *b) {
@@ -1094,7 +1095,8 @@ static void before_bg_free(before_bg *b) {
   if (!b) return;
   atomic_store(&b->stop, 1);
   before_bg_join(b);
-  free(b->src); free(b->n); free(b->dist); free(b);
+  free(b->items);
+  free(b);
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -1111,8 +1113,8 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
   mopt_report rep;
   memset(&rep, 0, sizeof rep);
   before_bg *bg = NULL;               /* statistics of the input, taken meanwhile */
-  size_t *rt_weight = NULL;           /* per report tensor: its weight index */
-  uint8_t *rt_deferred = NULL;        /* per report tensor: its count before comes from bg */
+  size_t *rt_deferred = NULL;         /* per report tensor: the weight whose count before comes
+                                         from bg, or NOT_DEFERRED */
   pctx c = {.m = m, .spec = spec, .progress = progress, .progress_ctx = progress_ctx,
             .diag = diag, .want_report = report_json != NULL, .rep = &rep};
   mopt_model_info info;
@@ -1155,9 +1157,8 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
 
   if (c.want_report && nsel) {
     rep.t = calloc(nsel, sizeof *rep.t);
-    rt_weight = calloc(nsel, sizeof *rt_weight);
-    rt_deferred = calloc(nsel, 1);
-    if (!rep.t || !rt_weight || !rt_deferred) { rc = MOPT_ENOMEM; goto out; }
+    rt_deferred = malloc(nsel * sizeof *rt_deferred);
+    if (!rep.t || !rt_deferred) { rc = MOPT_ENOMEM; goto out; }
     rep.cap_tensors = nsel;
   }
 
@@ -1201,10 +1202,10 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       memcpy(rt->dims, w->dims, sizeof rt->dims);
       rt->dtype_before = w->dtype;
       rt->n_passes = spec->n_passes;
-      rt_weight[rep.n_tensors - 1] = i;
       /* a tensor with NaN/Inf reports its count before as its count after, needed now */
-      if (before_bg_has(bg, i) && !s.nonfinite_at) rt_deferred[rep.n_tensors - 1] = 1;
-      else dist = rt->distinct_before = distinct_of(&c, s.vals, s.n);
+      int defer = before_bg_has(bg, i) && !s.nonfinite_at;
+      rt_deferred[rep.n_tensors - 1] = defer ? i : NOT_DEFERRED;
+      if (!defer) dist = rt->distinct_before = distinct_of(&c, s.vals, s.n);
       sp = rt->sparsity_before = mopt_sparsity(s.vals, s.n);
     }
     if (s.nonfinite_at) {
@@ -1301,10 +1302,10 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
       before_bg_join(bg);
       if (bg->file) rep.zstd_bytes_before = bg->zbytes;
       for (size_t t = 0; t < rep.n_tensors; t++) {
-        if (!rt_deferred[t]) continue;
-        size_t i = rt_weight[t];
-        uint64_t d = bg->dist[i];
-        if (d == DIST_UNKNOWN) d = distinct_of(&c, bg->src[i], bg->n[i]);
+        if (rt_deferred[t] == NOT_DEFERRED) continue;
+        const before_item *it = &bg->items[rt_deferred[t]];
+        uint64_t d = it->dist;
+        if (d == DIST_UNKNOWN) d = distinct_of(&c, it->src, it->n);
         rep.t[t].distinct_before = d;
         rep.p[0].distinct_before += d;   /* deferred only when there are passes */
       }
@@ -1318,7 +1319,6 @@ int mopt_pipeline_run(mopt_model *m, const mopt_spec *spec, mopt_progress_fn pro
     rc = mopt_diag_set(diag, MOPT_ECANCELLED, "done", "cancelled");
 out:
   before_bg_free(bg);                 /* an error or a cancel does not wait for it */
-  free(rt_weight);
   free(rt_deferred);
   mopt_report_free(&rep);
   mopt_model_destroy(c.anchor);

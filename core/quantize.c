@@ -17,9 +17,9 @@
 
 /* The streaming kernels are built twice, for AVX2 and for the x86-64 baseline, and the loader
  * picks one for the CPU it runs on (GCC function multiversioning); their run loops are forced
- * inline so each clone gets its own vector code. */
-/* Not with clang 14 (it emits no resolver), nor under ThreadSanitizer (the resolver runs during
- * relocation, before the TSan runtime is up, and crashes the program). */
+ * inline so each clone gets its own vector code. Not with clang 14 (it emits no resolver), nor
+ * under ThreadSanitizer (the resolver runs during relocation, before the TSan runtime is up, and
+ * crashes the program). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define MOPT_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -291,9 +291,6 @@ void mopt_quantize_apply(const float *x, const mopt_qlayout *l, int32_t qtype, c
  * runs: values that share one group, or values whose group advances with them (channels along
  * the last axis, blocks with inner > 1). */
 enum { SLICE = 4096 };
-
-/* The streaming kernels are built twice, for AVX2 and for the x86-64 baseline, and the loader
- * picks one for the CPU it runs on (GCC/clang function multiversioning). */
 
 /* Walks elements [e, end) of layout l in runs; for each calls one of the two run kinds with
  * the group index g. Shared by the range pass and the streaming apply. */

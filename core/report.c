@@ -105,29 +105,19 @@ int mopt_model_file_view(const mopt_model *m, const uint8_t **buf, size_t *len) 
 }
 
 uint64_t mopt_zstd_size(const uint8_t *buf, size_t len, atomic_int *stop) {
-  ZSTD_CCtx *cx = ZSTD_createCCtx();
-  uint8_t *ob = malloc(1 << 17);
-  uint64_t total = 0;
-  int ok = cx && ob;
-  if (ok) ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, 3);
-  size_t pos = 0;
-  while (ok && !(stop && atomic_load(stop))) {
+  zcount *z = calloc(1, sizeof *z);
+  if (!z || !(z->cx = ZSTD_createCCtx())) { free(z); return 0; }
+  ZSTD_CCtx_setParameter(z->cx, ZSTD_c_compressionLevel, 3);
+  for (size_t pos = 0; pos < len && !z->err && !(stop && atomic_load(stop));) {
     size_t take = len - pos < (1u << 20) ? len - pos : (1u << 20);
-    ZSTD_EndDirective mode = pos + take == len ? ZSTD_e_end : ZSTD_e_continue;
-    ZSTD_inBuffer in = {buf + pos, take, 0};
-    for (;;) {
-      ZSTD_outBuffer o = {ob, 1 << 17, 0};
-      size_t r = ZSTD_compressStream2(cx, &o, &in, mode);
-      if (ZSTD_isError(r)) { ok = 0; break; }
-      total += o.pos;
-      if (mode == ZSTD_e_end ? r == 0 : in.pos == in.size) break;
-    }
+    zc_feed(z, buf + pos, take, ZSTD_e_continue);
     pos += take;
-    if (mode == ZSTD_e_end) break;
   }
-  ZSTD_freeCCtx(cx);
-  free(ob);
-  return ok && !(stop && atomic_load(stop)) ? total : 0;
+  if (!z->err && !(stop && atomic_load(stop))) zc_feed(z, NULL, 0, ZSTD_e_end);
+  uint64_t out = z->err || (stop && atomic_load(stop)) ? 0 : z->out_bytes;
+  ZSTD_freeCCtx(z->cx);
+  free(z);
+  return out;
 }
 
 uint64_t mopt_peak_rss(void) {
