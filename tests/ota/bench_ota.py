@@ -134,18 +134,14 @@ def main():
             continue
         r["delta"] = os.path.getsize(W("cur.delta"))
         r["delta_wall"], r["delta_cpu"] = d["wall"], d["cpu"]
-        if os.path.exists(W("cur.out")):
-            os.unlink(W("cur.out"))
-        ap = run([mopt, "apply", old, W("cur.delta"), "-o", W("cur.out")])
-        r["apply_ok"] = ap["rc"] == 0 and same(W("cur.out"), new)
-        runs = [ap]
-        if is_big:
-            # the first apply runs right after the delta and pays for the page cache that run
-            # left behind; the figure is the median of APPLY_RUNS, every run printed
-            for _ in range(APPLY_RUNS - 1):
+        # the first apply runs right after the delta and pays for the page cache that run left
+        # behind: on the big pair the figure is the median of APPLY_RUNS, every run printed
+        runs, r["apply_ok"] = [], True
+        for _ in range(APPLY_RUNS if is_big else 1):
+            if os.path.exists(W("cur.out")):
                 os.unlink(W("cur.out"))
-                runs.append(run([mopt, "apply", old, W("cur.delta"), "-o", W("cur.out")]))
-                r["apply_ok"] &= runs[-1]["rc"] == 0 and same(W("cur.out"), new)
+            runs.append(run([mopt, "apply", old, W("cur.delta"), "-o", W("cur.out")]))
+            r["apply_ok"] &= runs[-1]["rc"] == 0 and same(W("cur.out"), new)
         runs.sort(key=lambda m: m["wall"])
         med = runs[len(runs) // 2]
         r["apply_walls"] = [m["wall"] for m in runs]
@@ -186,9 +182,9 @@ def main():
             json.dump(cache, open(cache_path, "w"), indent=1)
         r["baselines"] = base
         sizes = {k: v["bytes"] for k, v in base.items() if k != "zstd19" and v["bytes"]}
-        best = min(sizes.values()) if sizes else None
         r["best_baseline"] = min(sizes, key=sizes.get) if sizes else None
-        r["delta_ratio"] = r["delta"] / best if best else None
+        r["best_bytes"] = sizes[r["best_baseline"]] if sizes else None
+        r["delta_ratio"] = r["delta"] / r["best_bytes"] if sizes else None
         # a baseline that timed out has no size: the ratio is then against the others only,
         # and the table says so
         r["baselines_timed_out"] = sorted(k for k, v in base.items() if v["timed_out"])
@@ -212,9 +208,8 @@ def main():
         "pair", "delta", "best", "(tool)", "ratio", "full", "zstd-19", "ratio", "round trip"))
     for r in results:
         b = r["baselines"]
-        best = min((v["bytes"] for k, v in b.items() if k != "zstd19" and v["bytes"]), default=None)
         print("%-36s %10d %10s %-10s %7s %10s %10s %7s %s" % (
-            r["pair"][:36], r["delta"], best or "-", r["best_baseline"] or "-",
+            r["pair"][:36], r["delta"], r["best_bytes"] or "-", r["best_baseline"] or "-",
             ("%.3f" % r["delta_ratio"] + ("*" if r["baselines_timed_out"] else ""))
             if r["delta_ratio"] else "-", r["full"] or "-",
             b["zstd19"]["bytes"] or "-", "%.3f" % r["full_ratio"] if r["full_ratio"] else "-",
